@@ -1,0 +1,166 @@
+//! The storer's side of the keyholder channel.
+
+use std::os::unix::net::UnixStream;
+
+use crate::keyfile::KeyId;
+use crate::seal::SealError;
+use crate::wire::{
+    read_frame, write_frame, Refusal, Request, Response, SealItem, UnsealItem, WireError, MAX_BATCH,
+};
+
+/// Bytes of payload per batch, well inside [`crate::wire::MAX_FRAME`].
+const BATCH_BYTES: usize = 8 << 20;
+
+/// What the keyholder said at hello.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyInfo {
+    pub key_id: KeyId,
+    pub seal_count: u64,
+    pub seal_limit: u64,
+    /// The keyholder runs with a degraded sandbox (the user allowed it).
+    pub degraded: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("keyholder channel failed: {0}")]
+    Wire(#[from] WireError),
+    #[error("the keyholder has gone away")]
+    Gone,
+    #[error("the keyholder refused: {0}")]
+    Refused(Refusal),
+    #[error("the keyholder answered with the wrong message")]
+    Unexpected,
+}
+
+pub struct KeyholderClient {
+    stream: UnixStream,
+    info: KeyInfo,
+}
+
+impl KeyholderClient {
+    /// Says hello, handing back the sealed counter the storer kept.
+    pub fn hello(
+        mut stream: UnixStream,
+        counter: Option<Vec<u8>>,
+    ) -> Result<KeyholderClient, ClientError> {
+        match round_trip(&mut stream, &Request::Hello { counter })? {
+            Response::Hello {
+                key_id,
+                count,
+                limit,
+                degraded,
+            } => Ok(KeyholderClient {
+                stream,
+                info: KeyInfo {
+                    key_id,
+                    seal_count: count,
+                    seal_limit: limit,
+                    degraded,
+                },
+            }),
+            Response::Refused(r) => Err(ClientError::Refused(r)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    pub fn info(&self) -> KeyInfo {
+        self.info
+    }
+
+    /// Seals every item; returns the blobs in order and the newest counter blob.
+    pub fn seal(&mut self, items: Vec<SealItem>) -> Result<(Vec<Vec<u8>>, Vec<u8>), ClientError> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut counter = Vec::new();
+        for chunk in chunks(items, |i| i.plain.len()) {
+            let n = chunk.len();
+            match round_trip(&mut self.stream, &Request::Seal(chunk))? {
+                Response::Sealed { counter: c, blobs } if blobs.len() == n => {
+                    self.info.seal_count += n as u64 + 1;
+                    out.extend(blobs);
+                    counter = c;
+                }
+                Response::Refused(r) => return Err(ClientError::Refused(r)),
+                _ => return Err(ClientError::Unexpected),
+            }
+        }
+        Ok((out, counter))
+    }
+
+    pub fn unseal(
+        &mut self,
+        items: Vec<UnsealItem>,
+    ) -> Result<Vec<Result<Vec<u8>, SealError>>, ClientError> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in chunks(items, |i| i.blob.len()) {
+            let n = chunk.len();
+            match round_trip(&mut self.stream, &Request::Unseal(chunk))? {
+                Response::Unsealed(r) if r.len() == n => out.extend(r),
+                Response::Refused(r) => return Err(ClientError::Refused(r)),
+                _ => return Err(ClientError::Unexpected),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn tag(&mut self, items: Vec<Vec<u8>>) -> Result<Vec<[u8; 32]>, ClientError> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in chunks(items, Vec::len) {
+            let n = chunk.len();
+            match round_trip(&mut self.stream, &Request::Tag(chunk))? {
+                Response::Tagged(t) if t.len() == n => out.extend(t),
+                Response::Refused(r) => return Err(ClientError::Refused(r)),
+                _ => return Err(ClientError::Unexpected),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends raw bytes as one frame and returns the answer (protocol tests).
+    pub fn raw(&mut self, request: &Request) -> Result<Response, ClientError> {
+        round_trip(&mut self.stream, request)
+    }
+}
+
+fn round_trip(stream: &mut UnixStream, req: &Request) -> Result<Response, ClientError> {
+    write_frame(stream, &req.encode()).map_err(gone)?;
+    match read_frame(stream).map_err(gone)? {
+        Some(body) => Ok(Response::decode(&body)?),
+        None => Err(ClientError::Gone),
+    }
+}
+
+fn gone(e: WireError) -> ClientError {
+    match e {
+        WireError::Io(_) => ClientError::Gone,
+        other => ClientError::Wire(other),
+    }
+}
+
+/// Splits a batch so no frame exceeds the item or byte limits.
+fn chunks<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut bytes = 0;
+    for it in items {
+        let s = size(&it) + 64;
+        if !cur.is_empty() && (cur.len() == MAX_BATCH || bytes + s > BATCH_BYTES) {
+            out.push(std::mem::take(&mut cur));
+            bytes = 0;
+        }
+        bytes += s;
+        cur.push(it);
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+impl KeyholderClient {
+    /// A second handle on the channel, to notice when the keyholder hangs up.
+    pub fn watch_handle(&self) -> std::io::Result<UnixStream> {
+        self.stream.try_clone()
+    }
+}

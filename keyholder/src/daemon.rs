@@ -1,0 +1,267 @@
+//! The keyholder process (`iai-mcp __keyholder`), started by `iai-mcp unlock`.
+//!
+//! Order matters: non-dumpable first; then the passphrase (stdin) and `.key`;
+//! the DEK is unwrapped, turned into the sealing state, pinned in RAM, and the
+//! passphrase, KEK and raw DEK are wiped; the storer is spawned with its end of
+//! a socketpair; only then does the keyholder lock itself down (no files, no
+//! sockets, no exec) and serve the storer until the storer goes away.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+
+use iai_policy::{Home, Options, Sandbox};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use crate::keyfile::{KeyFile, KeyFileError, Passphrase, KEYFILE_LEN, MAX_PASSPHRASE_BYTES};
+use crate::seal::{SealError, Sealer};
+use crate::startup::error_line;
+use crate::wire::{read_frame, write_frame, Refusal, Request, Response};
+
+/// A startup failure, reported to `unlock` as `ERR <stage> <message>`.
+struct Fail {
+    stage: &'static str,
+    message: String,
+}
+
+fn fail(stage: &'static str, message: impl Into<String>) -> Fail {
+    Fail {
+        stage,
+        message: message.into(),
+    }
+}
+
+/// Runs the keyholder; returns the process exit code.
+pub fn run(home: Home, opts: Options) -> i32 {
+    match start(&home, opts) {
+        Ok((stream, sealer, degraded)) => serve(stream, sealer, degraded),
+        Err(f) => {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(error_line(f.stage, &f.message).as_bytes());
+            let _ = out.flush();
+            eprintln!("keyholder: {}: {}", f.stage, f.message);
+            2
+        }
+    }
+}
+
+fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool), Fail> {
+    iai_policy::harden_process().map_err(|e| fail("sandbox", e.to_string()))?;
+    let pass = read_passphrase()?;
+    let keyfile = load_keyfile(home)?;
+    let dek = keyfile.unwrap(&pass).map_err(|e| match e {
+        KeyFileError::WrongPassphrase => fail(
+            "passphrase",
+            "wrong passphrase (or the key file was modified)",
+        ),
+        other => fail("key", other.to_string()),
+    })?;
+    drop(pass);
+    let sealer = Sealer::new(&dek, keyfile.key_id());
+    drop(dek);
+    for (ptr, len) in sealer.secret_regions() {
+        crate::sys::pin_secret(ptr, len)
+            .map_err(|e| fail("sandbox", format!("could not lock the key in memory (mlock: {e}); raise the memlock limit (ulimit -l)")))?;
+    }
+
+    let (mine, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::Stream,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .map_err(|e| fail("storer", format!("socketpair: {e}")))?;
+    fcntl(&theirs, FcntlArg::F_SETFD(FdFlag::empty()))
+        .map_err(|e| fail("storer", format!("fcntl: {e}")))?;
+    let mut storer = Command::new("/proc/self/exe");
+    storer
+        .arg("__storer")
+        .arg("--home")
+        .arg(home.root())
+        .arg("--keyholder-fd")
+        .arg(theirs.as_raw_fd().to_string());
+    if opts.allow_degraded {
+        storer.arg("--allow-degraded-sandbox");
+    }
+    storer
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| fail("storer", format!("could not start the storer: {e}")))?;
+    drop(theirs);
+
+    let stream = UnixStream::from(mine);
+    let applied = iai_policy::apply(&Sandbox::keyholder(), &[stream.as_raw_fd()], opts)
+        .map_err(|e| fail("sandbox", e.to_string()))?;
+    for d in &applied.degraded {
+        eprintln!("keyholder: running with a degraded sandbox: {d}");
+    }
+    // From here on the storer owns the report to `unlock`; stdin is spent.
+    let _ = nix::unistd::close(1);
+    let _ = nix::unistd::close(0);
+    Ok((stream, sealer, !applied.degraded.is_empty()))
+}
+
+fn read_passphrase() -> Result<Passphrase, Fail> {
+    let mut buf = Vec::new();
+    std::io::stdin()
+        .take(MAX_PASSPHRASE_BYTES as u64 + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| fail("passphrase", format!("could not read the passphrase: {e}")))?;
+    let pass = Passphrase::new(buf);
+    if pass.expose().len() > MAX_PASSPHRASE_BYTES {
+        return Err(fail(
+            "passphrase",
+            format!("the passphrase is longer than {MAX_PASSPHRASE_BYTES} bytes"),
+        ));
+    }
+    Ok(pass)
+}
+
+/// Opens `.key` without following links and checks it is what `init` made.
+fn load_keyfile(home: &Home) -> Result<KeyFile, Fail> {
+    let path = home.key();
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc_o_nofollow())
+        .open(&path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ELOOP) => fail(
+                "key",
+                format!("refusing to use {shown}: it is a symbolic link; replace it with the regular file it points to"),
+            ),
+            Some(nix::libc::ENOENT) => fail("key", format!("no key file at {shown}; run `iai-mcp init` first")),
+            _ => fail("key", format!("cannot open {shown}: {e}")),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| fail("key", format!("cannot stat {shown}: {e}")))?;
+    let uid = nix::unistd::getuid().as_raw();
+    if !meta.file_type().is_file() {
+        return Err(fail(
+            "key",
+            format!("refusing to use {shown}: it is not a regular file"),
+        ));
+    }
+    if meta.uid() != uid {
+        return Err(fail(
+            "key",
+            format!("refusing to use {shown}: it is owned by uid {}, not by you (uid {uid}); fix with: chown {uid} {shown}", meta.uid()),
+        ));
+    }
+    if meta.mode() & 0o7777 != 0o600 {
+        return Err(fail(
+            "key",
+            format!("refusing to use {shown}: its mode is {:04o}, it must be 0600; fix with: chmod 600 {shown}", meta.mode() & 0o7777),
+        ));
+    }
+    if meta.nlink() != 1 {
+        return Err(fail(
+            "key",
+            format!("refusing to use {shown}: it has {} hard links; remove the other names so only {shown} remains", meta.nlink()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(KEYFILE_LEN + 1);
+    file.take(KEYFILE_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| fail("key", format!("cannot read {shown}: {e}")))?;
+    KeyFile::parse(&bytes).map_err(|e| fail("key", format!("{shown}: {e}")))
+}
+
+fn libc_o_nofollow() -> i32 {
+    nix::libc::O_NOFOLLOW | nix::libc::O_NOCTTY
+}
+
+/// Serves the storer until it hangs up; the sealer (and so the key) is
+/// dropped and wiped before the process exits.
+fn serve(mut stream: UnixStream, mut sealer: Sealer, degraded: bool) -> i32 {
+    let mut greeted = false;
+    loop {
+        let body = match read_frame(&mut stream) {
+            Ok(Some(body)) => body,
+            Ok(None) => return 0,
+            Err(e) => {
+                eprintln!("keyholder: closing the channel: {e}");
+                return 3;
+            }
+        };
+        let request = match Request::decode(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("keyholder: closing the channel on a malformed request: {e}");
+                return 3;
+            }
+        };
+        let response = handle(&mut sealer, &mut greeted, degraded, request);
+        if write_frame(&mut stream, &response.encode()).is_err() {
+            return 0;
+        }
+    }
+}
+
+fn handle(sealer: &mut Sealer, greeted: &mut bool, degraded: bool, request: Request) -> Response {
+    let refuse = Response::Refused;
+    match request {
+        Request::Hello { .. } if *greeted => refuse(Refusal::HelloTwice),
+        Request::Hello { counter } => {
+            if let Some(blob) = counter {
+                if sealer.restore_counter(&blob).is_err() {
+                    return refuse(Refusal::BadCounter);
+                }
+            }
+            *greeted = true;
+            Response::Hello {
+                key_id: sealer.key_id(),
+                count: sealer.count(),
+                limit: sealer.limit(),
+                degraded,
+            }
+        }
+        _ if !*greeted => refuse(Refusal::HelloFirst),
+        Request::Seal(items) => {
+            let mut blobs = Vec::with_capacity(items.len());
+            for item in items {
+                match sealer.seal(item.field, item.row, &item.plain) {
+                    Ok(b) => blobs.push(b),
+                    Err(e) => return refuse(seal_refusal(e)),
+                }
+            }
+            match sealer.counter_blob() {
+                Ok(counter) => Response::Sealed { counter, blobs },
+                Err(e) => refuse(seal_refusal(e)),
+            }
+        }
+        Request::Unseal(items) => Response::Unsealed(
+            items
+                .iter()
+                .map(|i| sealer.unseal(i.field, i.row, &i.blob))
+                .collect(),
+        ),
+        Request::Tag(items) => Response::Tagged(items.iter().map(|i| sealer.tag(i)).collect()),
+        Request::Unknown(_) => refuse(Refusal::UnknownRequest),
+    }
+}
+
+fn seal_refusal(e: SealError) -> Refusal {
+    match e {
+        SealError::LimitReached => Refusal::LimitReached,
+        _ => Refusal::Random,
+    }
+}
+
+impl From<Fail> for String {
+    fn from(f: Fail) -> String {
+        format!("{}: {}", f.stage, f.message)
+    }
+}
+
+/// Describes a key-file problem as `unlock` and `audit` show it.
+pub fn check_keyfile(home: &Home) -> Result<KeyFile, String> {
+    load_keyfile(home).map_err(String::from)
+}

@@ -1,0 +1,548 @@
+//! The command line.
+
+use std::fs::{DirBuilder, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use iai_keyholder::startup::{self, Startup};
+use iai_keyholder::{KdfParams, KeyFile, KeyFileError};
+use iai_policy::Home;
+use iai_storer::client::{Client, ClientError};
+use iai_storer::proto::{CaptureRequest, CaptureStatus, RecallRequest, Role, Tier};
+
+use crate::passphrase;
+
+const AFTER_HELP: &str = "\
+Files live in ~/.iai-mcp (or $IAI_MCP_HOME). Exit status: 0 success, 1 error, 3 the store is locked.
+Passphrases are read from --passphrase-fd N, else $IAI_MCP_PASSPHRASE (weaker: visible to the
+user's other processes), else a no-echo prompt.";
+
+#[derive(Parser)]
+#[command(name = "iai-mcp", version, about = "Local, encrypted long-term memory for AI coding assistants", after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create the home directory and a new key protected by a passphrase.
+    Init {
+        /// Read the passphrase from this open file descriptor (first line).
+        #[arg(long, value_name = "N")]
+        passphrase_fd: Option<i32>,
+    },
+    /// Start the keyholder and storer; returns when memories can be used.
+    Unlock {
+        /// Read the passphrase from this open file descriptor (first line).
+        #[arg(long, value_name = "N")]
+        passphrase_fd: Option<i32>,
+        /// Run even if the kernel cannot enforce the sandbox (Landlock, seccomp). Not recommended.
+        #[arg(long)]
+        allow_degraded_sandbox: bool,
+    },
+    /// Stop the keyholder and storer; the key leaves memory.
+    Lock,
+    /// Say whether the store is locked or unlocked, with process ids and counts.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Store a memory. TEXT, or `-` (or nothing) to read it from stdin.
+    Capture {
+        text: Option<String>,
+        #[arg(long, value_enum, default_value_t = TierArg::Episodic)]
+        tier: TierArg,
+        #[arg(long, value_enum, default_value_t = RoleArg::User)]
+        role: RoleArg,
+        /// Session id to file the memory under.
+        #[arg(long)]
+        session: Option<String>,
+        /// A short cue that should bring this memory back.
+        #[arg(long)]
+        cue: Option<String>,
+        /// A tag (repeatable).
+        #[arg(long = "tag", value_name = "TAG")]
+        tags: Vec<String>,
+    },
+    /// Find the memories that best match CUE.
+    Recall {
+        cue: String,
+        #[arg(long, default_value_t = 10)]
+        limit: u32,
+        #[arg(long, value_enum)]
+        tier: Option<TierArg>,
+        #[arg(long, value_enum)]
+        role: Option<RoleArg>,
+        #[arg(long)]
+        session: Option<String>,
+        /// Print JSON.
+        #[arg(long, conflicts_with = "raw")]
+        json: bool,
+        /// Print only the texts, byte for byte as stored, each followed by a NUL byte.
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Delete a memory by id, leaving none of its bytes in the database files.
+    Forget { id: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TierArg {
+    Working,
+    Episodic,
+    Semantic,
+    Procedural,
+}
+
+impl From<TierArg> for Tier {
+    fn from(t: TierArg) -> Tier {
+        match t {
+            TierArg::Working => Tier::Working,
+            TierArg::Episodic => Tier::Episodic,
+            TierArg::Semantic => Tier::Semantic,
+            TierArg::Procedural => Tier::Procedural,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    User,
+    Assistant,
+    System,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Role {
+        match r {
+            RoleArg::User => Role::User,
+            RoleArg::Assistant => Role::Assistant,
+            RoleArg::System => Role::System,
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(ClientError::Locked) = e.downcast_ref::<ClientError>() {
+                eprintln!("{e}");
+                return ExitCode::from(3);
+            }
+            eprintln!("iai-mcp: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    let home = Home::from_env()?;
+    match cmd {
+        Cmd::Init { passphrase_fd } => init(&home, passphrase_fd),
+        Cmd::Unlock {
+            passphrase_fd,
+            allow_degraded_sandbox,
+        } => unlock(&home, passphrase_fd, allow_degraded_sandbox),
+        Cmd::Lock => lock(&home),
+        Cmd::Status { json } => status(&home, json),
+        Cmd::Capture {
+            text,
+            tier,
+            role,
+            session,
+            cue,
+            tags,
+        } => {
+            let text = match text.as_deref() {
+                Some("-") | None => {
+                    let mut buf = Vec::new();
+                    std::io::stdin()
+                        .take(iai_storer::proto::MAX_TEXT as u64 + 1)
+                        .read_to_end(&mut buf)
+                        .context("cannot read the memory from stdin")?;
+                    String::from_utf8(buf)
+                        .map_err(|_| anyhow!("the text on stdin is not valid UTF-8"))?
+                }
+                Some(t) => t.to_string(),
+            };
+            let req = CaptureRequest {
+                text,
+                cue,
+                tier: tier.into(),
+                role: role.into(),
+                session,
+                tags,
+                ..Default::default()
+            };
+            let r = Client::connect(&home)?.capture(req)?;
+            match r.status {
+                CaptureStatus::Inserted => println!("{} inserted", r.id),
+                CaptureStatus::Reinforced => {
+                    println!("{} reinforced (an identical memory already existed)", r.id)
+                }
+            }
+            Ok(())
+        }
+        Cmd::Recall {
+            cue,
+            limit,
+            tier,
+            role,
+            session,
+            json,
+            raw,
+        } => {
+            let req = RecallRequest {
+                cue,
+                limit: Some(limit),
+                tier: tier.map(Into::into),
+                role: role.map(Into::into),
+                session,
+            };
+            let r = Client::connect(&home)?.recall(req)?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &r)?;
+                writeln!(out)?;
+            } else if raw {
+                for h in &r.hits {
+                    out.write_all(h.text.as_bytes())?;
+                    out.write_all(b"\0")?;
+                }
+            } else if r.hits.is_empty() {
+                writeln!(out, "no memories match")?;
+            } else {
+                for h in &r.hits {
+                    writeln!(
+                        out,
+                        "{}  {}  {}/{}  score {:.3}",
+                        h.id,
+                        date(h.created_at),
+                        h.tier.name(),
+                        h.role.name(),
+                        h.score
+                    )?;
+                    for line in h.text.lines() {
+                        writeln!(out, "    {}", printable(line))?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        Cmd::Forget { id } => {
+            let r = Client::connect(&home)?.forget(&id)?;
+            println!(
+                "{} forgotten: removed from the database and its journal",
+                r.id
+            );
+            Ok(())
+        }
+    }
+}
+
+/// Escapes control and bidirectional-override characters for terminal output.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c)
+            {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+fn date(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Creates `dir` with mode 0700, or checks an existing one is ours and not a link.
+fn ensure_private_dir(dir: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "{} is a symbolic link; iai-mcp needs a real directory",
+            dir.display()
+        ),
+        Ok(m) if !m.is_dir() => bail!("{} exists and is not a directory", dir.display()),
+        Ok(m) => {
+            let me = nix::unistd::getuid().as_raw();
+            if m.uid() != me {
+                bail!(
+                    "{} is owned by uid {}, not by you (uid {me})",
+                    dir.display(),
+                    m.uid()
+                );
+            }
+            if m.mode() & 0o777 != 0o700 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .with_context(|| {
+                        format!("cannot make {} private (chmod 700)", dir.display())
+                    })?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create {}", dir.display())),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
+    }
+}
+
+fn init(home: &Home, passphrase_fd: Option<i32>) -> Result<()> {
+    let key = home.key();
+    if std::fs::symlink_metadata(&key).is_ok() {
+        bail!(
+            "{} already exists; iai-mcp never overwrites a key file. To start over, lock, move the whole directory away, then init",
+            key.display()
+        );
+    }
+    for dir in [home.root().to_path_buf(), home.store_dir(), home.run_dir()] {
+        ensure_private_dir(&dir)?;
+    }
+    let pass = passphrase::obtain(passphrase_fd, true)?;
+    let (kf, _dek) = KeyFile::create(&pass, KdfParams::DEFAULT).map_err(|e| match e {
+        KeyFileError::PassphraseTooShort => {
+            anyhow!("the passphrase is too short: use at least 8 characters")
+        }
+        other => anyhow!("cannot create the key: {other}"),
+    })?;
+    drop(pass);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&key)
+        .with_context(|| format!("cannot create {}", key.display()))?;
+    f.write_all(&kf.to_bytes())
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("cannot write {}", key.display()))?;
+    std::fs::File::open(home.root())
+        .and_then(|d| d.sync_all())
+        .ok();
+    println!(
+        "initialised {}; run `iai-mcp unlock` to start",
+        home.root().display()
+    );
+    Ok(())
+}
+
+/// Longest time `unlock` waits for the daemon pair (Argon2 plus loading a large store).
+const UNLOCK_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Result<()> {
+    if std::fs::symlink_metadata(home.key()).is_err() {
+        bail!(
+            "{} is not initialised: run `iai-mcp init` first",
+            home.root().display()
+        );
+    }
+    if let Ok(mut c) = Client::connect(home) {
+        if let Ok(s) = c.stats() {
+            println!(
+                "iai-mcp is already unlocked (storer pid {}, {} memories)",
+                s.storer_pid, s.records
+            );
+            return Ok(());
+        }
+    }
+    let pass = passphrase::obtain(passphrase_fd, false)?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(home.log_file())
+        .with_context(|| format!("cannot open the daemon log {}", home.log_file().display()))?;
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg("__keyholder").arg("--home").arg(home.root());
+    if allow_degraded {
+        cmd.arg("--allow-degraded-sandbox");
+    }
+    let mut child = cmd
+        .env_clear()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        // Its own process group: the daemon outlives this terminal command.
+        .process_group(0)
+        .spawn()
+        .context("cannot start the keyholder")?;
+    let mut stdin = child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow!("keyholder stdin missing"))?;
+    let wrote = stdin.write_all(pass.expose());
+    drop(stdin);
+    drop(pass);
+    wrote.context("cannot hand the passphrase to the keyholder")?;
+
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("keyholder stdout missing"))?;
+    let line = read_line_with_timeout(stdout, UNLOCK_TIMEOUT)?;
+    match line.as_deref().and_then(startup::parse) {
+        Some(Startup::Ready { storer_pid }) => {
+            let stats = Client::connect(home)?
+                .stats()
+                .context("the storer started but does not answer")?;
+            if stats.storer_pid != storer_pid {
+                bail!(
+                    "another storer answered on the socket (pid {}, expected {storer_pid})",
+                    stats.storer_pid
+                );
+            }
+            println!(
+                "unlocked: {} memories (storer pid {}, keyholder pid {})",
+                stats.records, stats.storer_pid, stats.keyholder_pid
+            );
+            for d in &stats.degraded {
+                eprintln!("iai-mcp: WARNING: sandbox degraded: {d}");
+            }
+            Ok(())
+        }
+        Some(Startup::Failed { stage, message }) => {
+            let _ = child.wait();
+            match stage.as_str() {
+                "passphrase" => bail!("{message}; the store stays locked"),
+                "busy" => {
+                    println!("{message}");
+                    Ok(())
+                }
+                _ => bail!("unlock failed ({stage}): {message}"),
+            }
+        }
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "the daemon exited without saying why; see {}",
+                home.log_file().display()
+            )
+        }
+    }
+}
+
+fn read_line_with_timeout(
+    pipe: std::process::ChildStdout,
+    timeout: Duration,
+) -> Result<Option<String>> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = Instant::now() + timeout;
+    {
+        let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+            .unwrap_or(PollTimeout::MAX);
+        if poll(&mut fds, ms)? == 0 {
+            bail!("the daemon did not start within {} s", timeout.as_secs());
+        }
+    }
+    let mut line = String::new();
+    let n = BufReader::new(pipe).take(64 * 1024).read_line(&mut line)?;
+    Ok(if n == 0 { None } else { Some(line) })
+}
+
+fn lock(home: &Home) -> Result<()> {
+    let mut c = match Client::connect(home) {
+        Ok(c) => c,
+        Err(ClientError::Locked) => {
+            println!("iai-mcp is already locked");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let stats = c.stats()?;
+    c.shutdown()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if !alive(stats.keyholder_pid) && !alive(stats.storer_pid) {
+            println!("locked");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "asked the daemon to stop, but keyholder pid {} is still running",
+        stats.keyholder_pid
+    )
+}
+
+/// True while `pid` exists and is not a zombie.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+fn status(home: &Home, json: bool) -> Result<()> {
+    let stats = match Client::connect(home) {
+        Ok(mut c) => Some(c.stats()?),
+        Err(ClientError::Locked) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        let v = match &stats {
+            None => serde_json::json!({"state": "locked", "home": home.root()}),
+            Some(s) => {
+                let mut v = serde_json::to_value(s)?;
+                v["state"] = "unlocked".into();
+                v["home"] = serde_json::to_value(home.root())?;
+                v
+            }
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match stats {
+        None => println!("locked ({})", home.root().display()),
+        Some(s) => {
+            println!("unlocked ({})", home.root().display());
+            println!(
+                "  storer pid {}, keyholder pid {}",
+                s.storer_pid, s.keyholder_pid
+            );
+            let tiers: Vec<String> = s
+                .per_tier
+                .iter()
+                .map(|t| format!("{} {}", t.tier.name(), t.records))
+                .collect();
+            println!("  memories: {} ({})", s.records, tiers.join(", "));
+            println!("  store size: {} bytes", s.store_bytes);
+            println!(
+                "  seals: {} of at most {} for this key",
+                s.seal_count, s.seal_limit
+            );
+            if s.unreadable > 0 {
+                println!(
+                    "  WARNING: {} records did not authenticate and are not served",
+                    s.unreadable
+                );
+            }
+            for d in &s.degraded {
+                println!("  WARNING: sandbox degraded: {d}");
+            }
+        }
+    }
+    Ok(())
+}

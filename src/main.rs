@@ -1,0 +1,17 @@
+//! `iai-mcp`: the one binary. Role dispatch happens first, before clap, any
+//! thread or any runtime exists: `__keyholder` and `__storer` are entered only
+//! by re-executing `/proc/self/exe`.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod passphrase;
+mod roles;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    if let Some(code) = roles::dispatch() {
+        return ExitCode::from(code);
+    }
+    cli::main()
+}

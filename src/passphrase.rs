@@ -1,0 +1,75 @@
+//! Where a passphrase comes from, in order: `--passphrase-fd N`, the
+//! `IAI_MCP_PASSPHRASE` environment variable (weaker: other processes of the
+//! user may read it), then a no-echo prompt on the terminal.
+
+use std::io::Read;
+
+use anyhow::{bail, Context, Result};
+use iai_keyholder::keyfile::{MAX_PASSPHRASE_BYTES, MIN_PASSPHRASE_CHARS};
+use iai_keyholder::Passphrase;
+use zeroize::Zeroizing;
+
+pub const ENV: &str = "IAI_MCP_PASSPHRASE";
+
+/// Gets the passphrase. With `new`, it is checked for length and, when
+/// prompted, asked twice.
+pub fn obtain(fd: Option<i32>, new: bool) -> Result<Passphrase> {
+    let pass = if let Some(fd) = fd {
+        from_fd(fd)?
+    } else if let Some(v) = std::env::var_os(ENV) {
+        // Children never see it: every role is started with a cleared environment.
+        std::env::remove_var(ENV);
+        Passphrase::new(std::os::unix::ffi::OsStringExt::into_vec(v))
+    } else {
+        prompt(new)?
+    };
+    if pass.expose().is_empty() {
+        bail!("the passphrase is empty");
+    }
+    if pass.expose().len() > MAX_PASSPHRASE_BYTES {
+        bail!("the passphrase is longer than {MAX_PASSPHRASE_BYTES} bytes");
+    }
+    if new && pass.chars() < MIN_PASSPHRASE_CHARS {
+        bail!("the passphrase is too short: use at least {MIN_PASSPHRASE_CHARS} characters");
+    }
+    Ok(pass)
+}
+
+/// Reads the first line from descriptor `fd` (a pipe or file the caller opened).
+fn from_fd(fd: i32) -> Result<Passphrase> {
+    let path = format!("/proc/self/fd/{fd}");
+    let file = std::fs::File::open(&path)
+        .with_context(|| format!("--passphrase-fd {fd}: descriptor is not open"))?;
+    let mut buf = Zeroizing::new(Vec::new());
+    file.take(MAX_PASSPHRASE_BYTES as u64 + 2)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("--passphrase-fd {fd}: cannot read"))?;
+    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    let mut line = buf[..end].to_vec();
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    Ok(Passphrase::new(line))
+}
+
+fn prompt(new: bool) -> Result<Passphrase> {
+    let ask = |label: &str| -> Result<Zeroizing<String>> {
+        rpassword::prompt_password(label).map(Zeroizing::new).map_err(|_| {
+            anyhow::anyhow!(
+                "no passphrase given: run in a terminal, pass --passphrase-fd N, or set {ENV} (weaker; for automation)"
+            )
+        })
+    };
+    let first = ask(if new {
+        "New passphrase: "
+    } else {
+        "Passphrase: "
+    })?;
+    if new {
+        let second = ask("Repeat passphrase: ")?;
+        if *first != *second {
+            bail!("the two passphrases differ; nothing was changed");
+        }
+    }
+    Ok(Passphrase::new(first.as_bytes().to_vec()))
+}

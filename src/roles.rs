@@ -1,0 +1,67 @@
+//! Entry points of the daemon roles. Their arguments are written by our own
+//! code, never by a user, so they are parsed by hand and strictly.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use iai_policy::{Home, Options};
+
+/// The role arguments: `--home PATH [--keyholder-fd N] [--allow-degraded-sandbox]`.
+struct RoleArgs {
+    home: Home,
+    keyholder_fd: Option<i32>,
+    opts: Options,
+}
+
+fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
+    let mut home = None;
+    let mut keyholder_fd = None;
+    let mut opts = Options::default();
+    let mut args = args;
+    while let Some(a) = args.next() {
+        match a.to_str() {
+            Some("--home") => home = args.next().map(PathBuf::from),
+            Some("--keyholder-fd") => {
+                keyholder_fd = args
+                    .next()
+                    .and_then(|v| v.to_str().and_then(|s| s.parse().ok()));
+                if keyholder_fd.is_none() {
+                    return Err("--keyholder-fd needs a number".into());
+                }
+            }
+            Some("--allow-degraded-sandbox") => opts.allow_degraded = true,
+            _ => return Err(format!("unexpected role argument {a:?}")),
+        }
+    }
+    let home = Home::new(home.ok_or("--home is required")?).map_err(|e| e.to_string())?;
+    Ok(RoleArgs {
+        home,
+        keyholder_fd,
+        opts,
+    })
+}
+
+/// Runs a daemon role if argv[1] names one; returns its exit code.
+pub fn dispatch() -> Option<u8> {
+    let mut args = std::env::args_os();
+    let role = args.nth(1)?;
+    let run: fn(RoleArgs) -> i32 = match role.to_str()? {
+        "__keyholder" => |a| iai_keyholder::daemon::run(a.home, a.opts),
+        "__storer" => |a| match a.keyholder_fd {
+            Some(fd) => iai_storer::daemon::run(a.home, fd, a.opts),
+            None => {
+                eprintln!("iai-mcp: the storer role needs --keyholder-fd");
+                2
+            }
+        },
+        _ => return None,
+    };
+    let code = match parse(args) {
+        Ok(a) => run(a),
+        Err(e) => {
+            eprintln!("iai-mcp: {e} (daemon roles are started by `iai-mcp unlock`, not by hand)");
+            2
+        }
+    };
+    Some(u8::try_from(code).unwrap_or(1))
+}

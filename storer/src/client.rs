@@ -1,0 +1,98 @@
+//! A blocking client of the storer socket, used by the CLI (and the shim).
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use iai_policy::Home;
+use serde::de::DeserializeOwned;
+
+use crate::proto::{
+    self, Ack, CaptureRequest, CaptureResult, ErrorBody, ForgetResult, Frame, RecallRequest,
+    RecallResult, Request, Stats,
+};
+
+/// Why a request did not produce a result.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Nothing is listening: the store is locked (or was never unlocked).
+    #[error("iai-mcp is locked: run `iai-mcp unlock` first")]
+    Locked,
+    #[error("cannot reach the iai-mcp storer at {path}: {source}")]
+    Connect { path: String, source: io::Error },
+    #[error("lost the connection to the storer: {0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Protocol(String),
+    /// The storer refused the request; the code says why.
+    #[error("{0}")]
+    Refused(ErrorBody),
+}
+
+pub struct Client {
+    stream: UnixStream,
+}
+
+impl Client {
+    pub fn connect(home: &Home) -> Result<Client, ClientError> {
+        let path = home.socket();
+        match UnixStream::connect(&path) {
+            Ok(stream) => {
+                stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+                Ok(Client { stream })
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                Err(ClientError::Locked)
+            }
+            Err(source) => Err(ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Sends a raw frame body and returns the raw reply body (protocol tests).
+    pub fn raw(&mut self, body: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
+        proto::write_frame(&mut self.stream, body)?;
+        match proto::read_frame(&mut self.stream)? {
+            Frame::Body(b) => Ok(Some(b)),
+            Frame::Eof => Ok(None),
+            Frame::TooLarge(n) => Err(ClientError::Protocol(format!(
+                "reply of {n} bytes is over the limit"
+            ))),
+        }
+    }
+
+    pub fn request<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, ClientError> {
+        let body = self
+            .raw(&proto::encode_request(req))?
+            .ok_or_else(|| ClientError::Protocol("the storer closed the connection".into()))?;
+        match proto::decode_reply(&body).map_err(ClientError::Protocol)? {
+            Ok(v) => serde_json::from_value(v)
+                .map_err(|e| ClientError::Protocol(format!("unexpected reply: {e}"))),
+            Err(e) => Err(ClientError::Refused(e)),
+        }
+    }
+
+    pub fn capture(&mut self, c: CaptureRequest) -> Result<CaptureResult, ClientError> {
+        self.request(&Request::Capture(c))
+    }
+    pub fn recall(&mut self, r: RecallRequest) -> Result<RecallResult, ClientError> {
+        self.request(&Request::Recall(r))
+    }
+    pub fn forget(&mut self, id: &str) -> Result<ForgetResult, ClientError> {
+        self.request(&Request::Forget { id: id.to_string() })
+    }
+    pub fn stats(&mut self) -> Result<Stats, ClientError> {
+        self.request(&Request::Stats)
+    }
+    pub fn shutdown(&mut self) -> Result<Ack, ClientError> {
+        self.request(&Request::Shutdown)
+    }
+}

@@ -1,0 +1,693 @@
+//! The storer process (`iai-mcp __storer`), started by the keyholder.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use iai_keyholder::client::{ClientError, KeyholderClient};
+use iai_keyholder::startup::{error_line, ready_line};
+use iai_keyholder::wire::{Refusal, SealItem, UnsealItem};
+use iai_keyholder::{Field, RowId};
+use iai_policy::{Home, Options, Sandbox};
+use nix::fcntl::{Flock, FlockArg};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{Db, Row};
+use crate::index::{DocMeta, Filter, Index};
+use crate::proto::{
+    self, Ack, CaptureRequest, CaptureResult, CaptureStatus, ErrorBody, ErrorCode, ForgetResult,
+    Frame, Hit, RecallRequest, RecallResult, Request, Role, Stats, Tier, TierCount,
+};
+
+/// Concurrent client connections; more are refused with `busy`.
+const MAX_CONNECTIONS: usize = 64;
+/// Records unsealed per keyholder round trip while building the index.
+const LOAD_BATCH: usize = 512;
+const DUP_TAG_DOMAIN: &[u8] = b"iai-mcp duplicate v1\0";
+
+/// The sealed body of a record: everything derived from the memory.
+#[derive(Serialize, Deserialize)]
+struct Body {
+    text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cue: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    provenance: Option<String>,
+}
+
+impl Body {
+    /// What the index sees of a record.
+    fn searchable(&self) -> String {
+        let mut s = self.text.clone();
+        for extra in self.cue.iter().chain(self.tags.iter()) {
+            s.push('\n');
+            s.push_str(extra);
+        }
+        s
+    }
+}
+
+struct State {
+    home: Home,
+    db: Db,
+    kh: KeyholderClient,
+    index: Index,
+    unreadable: u64,
+    degraded: Vec<String>,
+    keyholder_pid: u32,
+}
+
+struct Fail {
+    stage: &'static str,
+    message: String,
+}
+
+fn fail(stage: &'static str, message: impl std::fmt::Display) -> Fail {
+    Fail {
+        stage,
+        message: message.to_string(),
+    }
+}
+
+/// Runs the storer; returns the exit code.
+pub fn run(home: Home, keyholder_fd: i32, opts: Options) -> i32 {
+    match start(home, keyholder_fd, opts) {
+        Ok((listener, state)) => serve(listener, state),
+        Err(f) => {
+            let mut out = std::io::stdout();
+            let _ = out.write_all(error_line(f.stage, &f.message).as_bytes());
+            let _ = out.flush();
+            eprintln!("storer: {}: {}", f.stage, f.message);
+            2
+        }
+    }
+}
+
+fn start(
+    home: Home,
+    keyholder_fd: i32,
+    opts: Options,
+) -> Result<(UnixListener, Arc<Mutex<State>>), Fail> {
+    iai_policy::harden_process().map_err(|e| fail("sandbox", e))?;
+    let kh_stream = UnixStream::from(
+        crate::sys::adopt_socket(keyholder_fd)
+            .map_err(|e| fail("storer", format!("keyholder descriptor: {e}")))?,
+    );
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let keyholder_pid = nix::unistd::getppid().as_raw() as u32;
+
+    // The pid file's lock is what makes a daemon live: a socket left behind by
+    // a crashed storer is stale only if nobody holds this lock.
+    let pid_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(home.pid_file())
+        .map_err(|e| {
+            fail(
+                "storer",
+                format!("cannot open {}: {e}", home.pid_file().display()),
+            )
+        })?;
+    let mut pid_lock = Flock::lock(pid_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
+        fail(
+            "busy",
+            "iai-mcp is already unlocked (another storer holds the lock)",
+        )
+    })?;
+    pid_lock.set_len(0).map_err(|e| fail("storer", e))?;
+    writeln!(pid_lock, "{}", std::process::id()).map_err(|e| fail("storer", e))?;
+
+    let socket = home.socket();
+    match std::fs::remove_file(&socket) {
+        Ok(()) => eprintln!("storer: removed a stale socket left by an earlier storer"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(fail(
+                "storer",
+                format!("cannot remove stale socket {}: {e}", socket.display()),
+            ))
+        }
+    }
+    let listener = UnixListener::bind(&socket).map_err(|e| {
+        fail(
+            "storer",
+            format!("cannot listen on {}: {e}", socket.display()),
+        )
+    })?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail("storer", e))?;
+    let devnull = File::options()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| fail("storer", e))?;
+
+    let keep = [
+        kh_stream.as_raw_fd(),
+        listener.as_raw_fd(),
+        pid_lock.as_raw_fd(),
+        devnull.as_raw_fd(),
+    ];
+    let applied =
+        iai_policy::apply(&Sandbox::storer(&home), &keep, opts).map_err(|e| fail("sandbox", e))?;
+
+    let db = Db::open(&home.db())
+        .map_err(|e| fail("storer", format!("cannot open the database: {e}")))?;
+    let counter = db
+        .counter()
+        .map_err(|e| fail("storer", format!("cannot read the database: {e}")))?;
+    let kh = KeyholderClient::hello(kh_stream, counter)
+        .map_err(|e| fail("storer", format!("keyholder: {e}")))?;
+    let mut degraded: Vec<String> = applied
+        .degraded
+        .iter()
+        .map(|d| format!("storer {d}"))
+        .collect();
+    if kh.info().degraded {
+        degraded.push("keyholder sandbox degraded".into());
+    }
+    let mut state = State {
+        home,
+        db,
+        kh,
+        index: Index::default(),
+        unreadable: 0,
+        degraded,
+        keyholder_pid,
+    };
+    load_index(&mut state).map_err(|e| fail("storer", e.message))?;
+
+    watch_keyholder(&state)?;
+    let mut out = std::io::stdout();
+    let _ = out.write_all(ready_line(std::process::id()).as_bytes());
+    let _ = out.flush();
+    let _ = nix::unistd::dup2_stdout(&devnull);
+    drop(devnull);
+    // The lock lives as long as the process.
+    std::mem::forget(pid_lock);
+    Ok((listener, Arc::new(Mutex::new(state))))
+}
+
+/// Builds the in-memory index from every record, unsealing in batches.
+fn load_index(state: &mut State) -> Result<(), ErrorBody> {
+    let State {
+        db,
+        kh,
+        index,
+        unreadable,
+        ..
+    } = state;
+    db.for_each_batch(LOAD_BATCH, |rows| {
+        let items = rows
+            .iter()
+            .map(|r| UnsealItem {
+                field: Field::RecordBody,
+                row: RowId(r.id),
+                blob: r.body.clone(),
+            })
+            .collect();
+        let plain = kh.unseal(items).map_err(keyholder_error)?;
+        for (row, p) in rows.into_iter().zip(plain) {
+            match p.ok().and_then(|p| serde_json::from_slice::<Body>(&p).ok()) {
+                Some(body) => index.add(meta_of(&row, &body), &body.searchable()),
+                None => {
+                    *unreadable += 1;
+                    eprintln!(
+                        "storer: record {} does not authenticate; it is skipped",
+                        uuid_str(&row.id)
+                    );
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+impl From<rusqlite::Error> for ErrorBody {
+    fn from(e: rusqlite::Error) -> Self {
+        storage(e)
+    }
+}
+
+fn meta_of(row: &Row, body: &Body) -> DocMeta {
+    DocMeta {
+        id: row.id,
+        created_at: row.created_at,
+        tier: u8::try_from(row.tier).unwrap_or(0),
+        role: u8::try_from(row.role).unwrap_or(0),
+        session: body.session.clone(),
+        reinforced: u32::try_from(row.reinforced).unwrap_or(u32::MAX),
+    }
+}
+
+/// Exits as soon as the keyholder goes away: without it nothing can be
+/// sealed or unsealed, so the storer stops serving.
+fn watch_keyholder(state: &State) -> Result<(), Fail> {
+    let fd = state.kh.watch_handle().map_err(|e| fail("storer", e))?;
+    let socket = state.home.socket();
+    std::thread::Builder::new()
+        .name("keyholder-watch".into())
+        .spawn(move || {
+            use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+            use std::os::fd::AsFd;
+            loop {
+                let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {
+                        let hung = fds[0]
+                            .revents()
+                            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+                        if hung {
+                            break;
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+            eprintln!("storer: the keyholder has gone away; stopping");
+            let _ = std::fs::remove_file(&socket);
+            std::process::exit(0);
+        })
+        .map(|_| ())
+        .map_err(|e| fail("storer", e))
+}
+
+fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
+    let active = Arc::new(AtomicUsize::new(0));
+    let my_uid = nix::unistd::getuid().as_raw();
+    for conn in listener.incoming() {
+        let mut stream = match conn {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("storer: accept failed: {e}");
+                continue;
+            }
+        };
+        let peer =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
+        match peer {
+            Ok(cred) if cred.uid() == my_uid => {}
+            Ok(cred) => {
+                eprintln!(
+                    "storer: refused a client with uid {} (storer uid {my_uid})",
+                    cred.uid()
+                );
+                let err = ErrorBody::new(
+                    ErrorCode::PeerRefused,
+                    format!(
+                        "refused: this storer serves only uid {my_uid}, the client runs as uid {}",
+                        cred.uid()
+                    ),
+                );
+                let _ = proto::write_frame(&mut stream, &proto::encode_err(&err));
+                continue;
+            }
+            Err(e) => {
+                eprintln!("storer: could not read peer credentials: {e}");
+                continue;
+            }
+        }
+        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            active.fetch_sub(1, Ordering::SeqCst);
+            let err = ErrorBody::new(
+                ErrorCode::Busy,
+                format!("too many connections (at most {MAX_CONNECTIONS})"),
+            );
+            let _ = proto::write_frame(&mut stream, &proto::encode_err(&err));
+            continue;
+        }
+        let state = Arc::clone(&state);
+        let active_c = Arc::clone(&active);
+        let spawned = std::thread::Builder::new()
+            .name("client".into())
+            .spawn(move || {
+                connection(stream, &state);
+                active_c.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::SeqCst);
+            eprintln!("storer: could not start a connection thread: {e}");
+        }
+    }
+    0
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A panic in one connection must not take the store down with it.
+    state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn connection(mut stream: UnixStream, state: &Mutex<State>) {
+    loop {
+        let body = match proto::read_frame(&mut stream) {
+            Ok(Frame::Body(b)) => b,
+            Ok(Frame::Eof) | Err(_) => return,
+            Ok(Frame::TooLarge(n)) => {
+                let err = ErrorBody::new(
+                    ErrorCode::FrameTooLarge,
+                    format!("frame of {n} bytes exceeds the maximum of {} bytes; closing the connection", proto::MAX_FRAME),
+                );
+                let _ = proto::write_frame(&mut stream, &proto::encode_err(&err));
+                return;
+            }
+        };
+        let reply = match proto::parse_request(&body) {
+            Err(e) => proto::encode_err(&e),
+            Ok(Request::Shutdown) => {
+                let st = lock(state);
+                let _ = proto::write_frame(&mut stream, &proto::encode_ok(&Ack { done: true }));
+                eprintln!("storer: lock requested; stopping");
+                let _ = std::fs::remove_file(st.home.socket());
+                std::process::exit(0);
+            }
+            Ok(req) => {
+                let mut st = lock(state);
+                let result = handle(&mut st, req);
+                if let Err(e) = &result {
+                    if e.code == ErrorCode::KeyholderUnavailable {
+                        let _ = std::fs::remove_file(st.home.socket());
+                        let _ = proto::write_frame(&mut stream, &proto::encode_err(e));
+                        std::process::exit(0);
+                    }
+                }
+                match result {
+                    Ok(v) => proto::encode_ok(&v),
+                    Err(e) => proto::encode_err(&e),
+                }
+            }
+        };
+        if proto::write_frame(&mut stream, &reply).is_err() {
+            return;
+        }
+    }
+}
+
+fn handle(st: &mut State, req: Request) -> Result<serde_json::Value, ErrorBody> {
+    match req {
+        Request::Capture(c) => to_value(capture(st, c)),
+        Request::Recall(r) => to_value(recall(st, r)),
+        Request::Forget { id } => to_value(forget(st, &id)),
+        Request::Stats => to_value(stats(st)),
+        Request::Shutdown => Err(internal("shutdown is handled by the connection")),
+    }
+}
+
+fn to_value<T: Serialize>(v: Result<T, ErrorBody>) -> Result<serde_json::Value, ErrorBody> {
+    v.and_then(|x| serde_json::to_value(x).map_err(internal))
+}
+
+fn invalid(msg: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(ErrorCode::InvalidArgument, msg)
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorBody {
+    ErrorBody::new(ErrorCode::Storage, format!("internal error: {e}"))
+}
+
+fn storage(e: rusqlite::Error) -> ErrorBody {
+    eprintln!("storer: database error: {e}");
+    ErrorBody::new(
+        ErrorCode::Storage,
+        format!("database error: {e}; nothing was changed"),
+    )
+}
+
+fn keyholder_error(e: ClientError) -> ErrorBody {
+    match e {
+        ClientError::Refused(Refusal::LimitReached) => ErrorBody::new(
+            ErrorCode::SealLimit,
+            "this data key has sealed as many values as is safe; nothing was stored (key rotation is needed)",
+        ),
+        other => {
+            eprintln!("storer: keyholder failure: {other}");
+            ErrorBody::new(ErrorCode::KeyholderUnavailable, "the keyholder is gone; run `iai-mcp unlock` again")
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn uuid_str(id: &[u8; 16]) -> String {
+    uuid::Uuid::from_bytes(*id).hyphenated().to_string()
+}
+
+fn check_len(what: &str, s: &str, max: usize) -> Result<(), ErrorBody> {
+    if s.len() > max {
+        return Err(invalid(format!(
+            "{what} is {} bytes; the maximum is {max}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Latest time a capture may claim: a day ahead tolerates clock skew.
+const FUTURE_SLACK_MS: i64 = 86_400_000;
+
+fn capture(st: &mut State, c: CaptureRequest) -> Result<CaptureResult, ErrorBody> {
+    if c.text.trim().is_empty() {
+        return Err(invalid("text is empty"));
+    }
+    if c.text.len() > proto::MAX_TEXT {
+        return Err(ErrorBody::new(
+            ErrorCode::TextTooLarge,
+            format!(
+                "text is {} bytes; the maximum is {} bytes",
+                c.text.len(),
+                proto::MAX_TEXT
+            ),
+        ));
+    }
+    if let Some(cue) = &c.cue {
+        check_len("cue", cue, proto::MAX_CUE)?;
+    }
+    if c.tags.len() > proto::MAX_TAGS {
+        return Err(invalid(format!(
+            "{} tags given; the maximum is {}",
+            c.tags.len(),
+            proto::MAX_TAGS
+        )));
+    }
+    for t in &c.tags {
+        check_len("a tag", t, proto::MAX_TAG)?;
+    }
+    if let Some(s) = &c.session {
+        check_len("session", s, proto::MAX_SESSION)?;
+    }
+    if let Some(p) = &c.provenance {
+        check_len("provenance", p, proto::MAX_PROVENANCE)?;
+    }
+    let now = now_ms();
+    let created_at = c.created_at.unwrap_or(now);
+    if created_at < 0 || created_at > now + FUTURE_SLACK_MS {
+        return Err(invalid(
+            "created_at must be between the Unix epoch and now (milliseconds)",
+        ));
+    }
+
+    let mut tag_input = DUP_TAG_DOMAIN.to_vec();
+    tag_input.extend_from_slice(c.text.as_bytes());
+    let tag = st
+        .kh
+        .tag(vec![tag_input])
+        .map_err(keyholder_error)?
+        .pop()
+        .ok_or_else(|| internal("no tag"))?;
+    if let Some(id) = st.db.find_by_tag(&tag).map_err(storage)? {
+        st.db.reinforce(&id, 1).map_err(storage)?;
+        st.index.reinforce(&id, 1);
+        return Ok(CaptureResult {
+            id: uuid_str(&id),
+            status: CaptureStatus::Reinforced,
+        });
+    }
+
+    let ts = uuid::Timestamp::from_unix(
+        uuid::NoContext,
+        (created_at / 1000) as u64,
+        ((created_at % 1000) * 1_000_000) as u32,
+    );
+    let id = *uuid::Uuid::new_v7(ts).as_bytes();
+    let body = Body {
+        text: c.text,
+        cue: c.cue,
+        tags: c.tags,
+        session: c.session,
+        provenance: c.provenance,
+    };
+    let plain = serde_json::to_vec(&body).map_err(internal)?;
+    let (mut blobs, counter) = st
+        .kh
+        .seal(vec![SealItem {
+            field: Field::RecordBody,
+            row: RowId(id),
+            plain,
+        }])
+        .map_err(keyholder_error)?;
+    let blob = blobs.pop().ok_or_else(|| internal("no sealed blob"))?;
+    let row = Row {
+        id,
+        created_at,
+        tier: i64::from(c.tier.code()),
+        role: i64::from(c.role.code()),
+        reinforced: 0,
+        body: blob,
+    };
+    st.db.insert(&row, &tag, &counter).map_err(storage)?;
+    st.index.add(meta_of(&row, &body), &body.searchable());
+    Ok(CaptureResult {
+        id: uuid_str(&id),
+        status: CaptureStatus::Inserted,
+    })
+}
+
+fn recall(st: &mut State, r: RecallRequest) -> Result<RecallResult, ErrorBody> {
+    if r.cue.trim().is_empty() {
+        return Err(invalid("cue is empty"));
+    }
+    check_len("cue", &r.cue, proto::MAX_CUE)?;
+    let limit = r.limit.unwrap_or(proto::DEFAULT_RECALL_LIMIT);
+    if limit == 0 || limit > proto::MAX_RECALL_LIMIT {
+        return Err(invalid(format!(
+            "limit must be between 1 and {}",
+            proto::MAX_RECALL_LIMIT
+        )));
+    }
+    let filter = Filter {
+        tier: r.tier.map(Tier::code),
+        role: r.role.map(Role::code),
+        session: r.session,
+    };
+    let ranked = st.index.search(&r.cue, limit as usize, &filter, now_ms());
+    let mut rows = Vec::with_capacity(ranked.len());
+    for (meta, score) in ranked {
+        if let Some(row) = st.db.get(&meta.id).map_err(storage)? {
+            rows.push((row, meta, score));
+        }
+    }
+    let items = rows
+        .iter()
+        .map(|(row, _, _)| UnsealItem {
+            field: Field::RecordBody,
+            row: RowId(row.id),
+            blob: row.body.clone(),
+        })
+        .collect();
+    let plain = st.kh.unseal(items).map_err(keyholder_error)?;
+    let mut hits = Vec::with_capacity(rows.len());
+    for ((row, meta, score), p) in rows.into_iter().zip(plain) {
+        let Some(body) = p.ok().and_then(|p| serde_json::from_slice::<Body>(&p).ok()) else {
+            eprintln!(
+                "storer: record {} does not authenticate; left out of the results",
+                uuid_str(&row.id)
+            );
+            continue;
+        };
+        hits.push(Hit {
+            id: uuid_str(&row.id),
+            score,
+            created_at: row.created_at,
+            tier: Tier::from_code(row.tier).unwrap_or_default(),
+            role: Role::from_code(row.role).unwrap_or_default(),
+            text: body.text,
+            cue: body.cue,
+            tags: body.tags,
+            session: body.session,
+            reinforced: meta.reinforced,
+        });
+    }
+    Ok(RecallResult { hits })
+}
+
+/// Parses a record id as users see it (a hyphenated UUID).
+pub fn parse_id(id: &str) -> Result<[u8; 16], ErrorBody> {
+    uuid::Uuid::parse_str(id.trim())
+        .map(|u| *u.as_bytes())
+        .map_err(|_| {
+            invalid(format!(
+                "{id:?} is not a record id (expected a UUID such as 0190f5a2-…)"
+            ))
+        })
+}
+
+fn forget(st: &mut State, id: &str) -> Result<ForgetResult, ErrorBody> {
+    let id = parse_id(id)?;
+    let Some(row) = st.db.get(&id).map_err(storage)? else {
+        return Err(ErrorBody::new(
+            ErrorCode::NotFound,
+            format!("no memory with id {}", uuid_str(&id)),
+        ));
+    };
+    let plain = st
+        .kh
+        .unseal(vec![UnsealItem {
+            field: Field::RecordBody,
+            row: RowId(id),
+            blob: row.body,
+        }])
+        .map_err(keyholder_error)?;
+    let body = plain
+        .into_iter()
+        .next()
+        .and_then(|p| p.ok())
+        .and_then(|p| serde_json::from_slice::<Body>(&p).ok());
+    st.db.delete(&id).map_err(storage)?;
+    if let Some(body) = body {
+        st.index.remove(&id, &body.searchable());
+    }
+    Ok(ForgetResult {
+        id: uuid_str(&id),
+        forgotten: true,
+    })
+}
+
+fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
+    let counts = st.index.tier_counts();
+    let per_tier = Tier::ALL
+        .into_iter()
+        .map(|t| TierCount {
+            tier: t,
+            records: counts.get(&t.code()).copied().unwrap_or(0),
+        })
+        .collect();
+    let store_bytes = std::fs::read_dir(st.home.store_dir())
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0);
+    let info = st.kh.info();
+    Ok(Stats {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        records: st.index.len(),
+        per_tier,
+        unreadable: st.unreadable,
+        store_bytes,
+        storer_pid: std::process::id(),
+        keyholder_pid: st.keyholder_pid,
+        seal_count: info.seal_count,
+        seal_limit: info.seal_limit,
+        degraded: st.degraded.clone(),
+    })
+}

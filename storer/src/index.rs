@@ -1,0 +1,337 @@
+//! The recall index. It lives only in the storer's memory: built from
+//! unsealed records at unlock, kept current on every capture and forget, never
+//! written anywhere.
+//!
+//! Tokens are UAX #29 words (so every script segments), lower-cased, with
+//! English Snowball stemming for ASCII words and a short stop-word list.
+//! Ranking is Okapi BM25 (k1 = 1.2, b = 0.75) scaled by recency (half-life
+//! 30 days) and by reinforcement.
+
+use std::collections::HashMap;
+
+use rust_stemmers::{Algorithm, Stemmer};
+use unicode_segmentation::UnicodeSegmentation;
+
+const K1: f64 = 1.2;
+const B: f64 = 0.75;
+const RECENCY_HALF_LIFE_DAYS: f64 = 30.0;
+const RECENCY_WEIGHT: f64 = 0.15;
+const REINFORCE_WEIGHT: f64 = 0.1;
+/// Longest token kept; longer "words" (hashes, base64) are cut here.
+const MAX_TOKEN_BYTES: usize = 64;
+
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "do", "for", "from", "had", "has",
+    "have", "i", "in", "is", "it", "its", "of", "on", "or", "so", "that", "the", "this", "to",
+    "was", "were", "with",
+];
+
+/// Turns text into index terms.
+pub struct Tokenizer {
+    stemmer: Stemmer,
+}
+
+impl Default for Tokenizer {
+    fn default() -> Self {
+        Tokenizer {
+            stemmer: Stemmer::create(Algorithm::English),
+        }
+    }
+}
+
+impl Tokenizer {
+    pub fn terms(&self, text: &str, out: &mut Vec<String>) {
+        for word in text.unicode_words() {
+            let lower = word.to_lowercase();
+            if STOP_WORDS.contains(&lower.as_str()) {
+                continue;
+            }
+            let mut term = if lower.is_ascii() {
+                self.stemmer.stem(&lower).into_owned()
+            } else {
+                lower
+            };
+            if term.len() > MAX_TOKEN_BYTES {
+                let mut cut = MAX_TOKEN_BYTES;
+                while !term.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                term.truncate(cut);
+            }
+            out.push(term);
+        }
+    }
+}
+
+/// Per-record facts the index needs for filtering and ranking.
+#[derive(Clone, Debug)]
+pub struct DocMeta {
+    pub id: [u8; 16],
+    pub created_at: i64,
+    pub tier: u8,
+    pub role: u8,
+    pub session: Option<String>,
+    pub reinforced: u32,
+}
+
+struct Doc {
+    meta: DocMeta,
+    session: Option<u32>,
+    len: u32,
+    alive: bool,
+}
+
+/// Filters a recall applies before ranking.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub tier: Option<u8>,
+    pub role: Option<u8>,
+    pub session: Option<String>,
+}
+
+#[derive(Default)]
+pub struct Index {
+    tokenizer: Tokenizer,
+    docs: Vec<Doc>,
+    by_id: HashMap<[u8; 16], u32>,
+    terms: HashMap<Box<str>, u32>,
+    postings: Vec<Vec<(u32, u32)>>,
+    sessions: HashMap<Box<str>, u32>,
+    total_len: u64,
+    live: u64,
+}
+
+impl Index {
+    pub fn len(&self) -> u64 {
+        self.live
+    }
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// Counts of live records per tier code.
+    pub fn tier_counts(&self) -> HashMap<u8, u64> {
+        let mut out = HashMap::new();
+        for d in self.docs.iter().filter(|d| d.alive) {
+            *out.entry(d.meta.tier).or_insert(0) += 1;
+        }
+        out
+    }
+
+    pub fn contains(&self, id: &[u8; 16]) -> bool {
+        self.by_id.contains_key(id)
+    }
+
+    /// Adds a record. `text` is everything searchable (text, cue, tags).
+    pub fn add(&mut self, meta: DocMeta, text: &str) {
+        if self.by_id.contains_key(&meta.id) {
+            return;
+        }
+        let mut toks = Vec::new();
+        self.tokenizer.terms(text, &mut toks);
+        let slot = self.docs.len() as u32;
+        let mut tf: HashMap<&str, u32> = HashMap::new();
+        for t in &toks {
+            *tf.entry(t.as_str()).or_insert(0) += 1;
+        }
+        for (term, n) in tf {
+            let tid = match self.terms.get(term) {
+                Some(&tid) => tid,
+                None => {
+                    let tid = self.postings.len() as u32;
+                    self.terms.insert(term.into(), tid);
+                    self.postings.push(Vec::new());
+                    tid
+                }
+            };
+            self.postings[tid as usize].push((slot, n));
+        }
+        let session = meta.session.as_deref().map(|s| {
+            let next = self.sessions.len() as u32;
+            *self.sessions.entry(s.into()).or_insert(next)
+        });
+        self.by_id.insert(meta.id, slot);
+        self.total_len += toks.len() as u64;
+        self.live += 1;
+        self.docs.push(Doc {
+            meta,
+            session,
+            len: toks.len() as u32,
+            alive: true,
+        });
+    }
+
+    /// Removes a record; `text` must be what was indexed for it.
+    pub fn remove(&mut self, id: &[u8; 16], text: &str) {
+        let Some(slot) = self.by_id.remove(id) else {
+            return;
+        };
+        let mut toks = Vec::new();
+        self.tokenizer.terms(text, &mut toks);
+        toks.sort();
+        toks.dedup();
+        for t in toks {
+            if let Some(&tid) = self.terms.get(t.as_str()) {
+                self.postings[tid as usize].retain(|&(s, _)| s != slot);
+            }
+        }
+        let doc = &mut self.docs[slot as usize];
+        doc.alive = false;
+        self.total_len -= u64::from(doc.len);
+        self.live -= 1;
+    }
+
+    pub fn reinforce(&mut self, id: &[u8; 16], by: u32) {
+        if let Some(&slot) = self.by_id.get(id) {
+            let m = &mut self.docs[slot as usize].meta;
+            m.reinforced = m.reinforced.saturating_add(by);
+        }
+    }
+
+    /// The best `limit` records for `cue`, best first, as (meta, score).
+    pub fn search(
+        &self,
+        cue: &str,
+        limit: usize,
+        filter: &Filter,
+        now_ms: i64,
+    ) -> Vec<(DocMeta, f64)> {
+        if self.live == 0 || limit == 0 {
+            return Vec::new();
+        }
+        let mut toks = Vec::new();
+        self.tokenizer.terms(cue, &mut toks);
+        toks.sort();
+        toks.dedup();
+        let session = match &filter.session {
+            Some(s) => match self.sessions.get(s.as_str()) {
+                Some(&sid) => Some(sid),
+                None => return Vec::new(),
+            },
+            None => None,
+        };
+        let n = self.live as f64;
+        let avg = (self.total_len as f64 / n).max(1.0);
+        let mut scores: HashMap<u32, f64> = HashMap::new();
+        for t in &toks {
+            let Some(&tid) = self.terms.get(t.as_str()) else {
+                continue;
+            };
+            let list = &self.postings[tid as usize];
+            let df = list.len() as f64;
+            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+            for &(slot, tf) in list {
+                let doc = &self.docs[slot as usize];
+                let tf = f64::from(tf);
+                let norm = K1 * (1.0 - B + B * f64::from(doc.len) / avg);
+                *scores.entry(slot).or_insert(0.0) += idf * tf * (K1 + 1.0) / (tf + norm);
+            }
+        }
+        let mut ranked: Vec<(u32, f64)> = scores
+            .into_iter()
+            .filter(|&(slot, _)| {
+                let d = &self.docs[slot as usize];
+                d.alive
+                    && filter.tier.is_none_or(|t| t == d.meta.tier)
+                    && filter.role.is_none_or(|r| r == d.meta.role)
+                    && session.is_none_or(|s| d.session == Some(s))
+            })
+            .map(|(slot, bm25)| {
+                let d = &self.docs[slot as usize].meta;
+                let age_days = ((now_ms - d.created_at).max(0) as f64) / 86_400_000.0;
+                let recency = 0.5f64.powf(age_days / RECENCY_HALF_LIFE_DAYS);
+                let reinforce = (1.0 + f64::from(d.reinforced)).ln();
+                (
+                    slot,
+                    bm25 * (1.0 + RECENCY_WEIGHT * recency) * (1.0 + REINFORCE_WEIGHT * reinforce),
+                )
+            })
+            .collect();
+        let by_score = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0));
+        if ranked.len() > limit {
+            ranked.select_nth_unstable_by(limit - 1, by_score);
+            ranked.truncate(limit);
+        }
+        ranked.sort_by(by_score);
+        ranked
+            .into_iter()
+            .map(|(slot, s)| (self.docs[slot as usize].meta.clone(), s))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(n: u8, created_at: i64) -> DocMeta {
+        DocMeta {
+            id: [n; 16],
+            created_at,
+            tier: 1,
+            role: 0,
+            session: None,
+            reinforced: 0,
+        }
+    }
+
+    #[test]
+    fn tokenizes_every_script() {
+        let t = Tokenizer::default();
+        let mut out = Vec::new();
+        t.terms(
+            "The runners were RUNNING to Zürich; 東京タワー and Москва!",
+            &mut out,
+        );
+        assert!(out.contains(&"runner".to_string()));
+        assert!(out.contains(&"run".to_string()));
+        assert!(out.contains(&"zürich".to_string()));
+        assert!(out.contains(&"москва".to_string()));
+        assert!(out.iter().any(|w| w.contains('東')));
+        assert!(!out.contains(&"the".to_string()));
+    }
+
+    #[test]
+    fn bm25_prefers_rarer_terms_and_recency_breaks_ties() {
+        let mut ix = Index::default();
+        let now = 100 * 86_400_000;
+        ix.add(meta(1, 0), "the deploy key is in the vault");
+        ix.add(meta(2, 0), "deploy friday deploy monday");
+        ix.add(meta(3, now), "the deploy key is in the vault");
+        let hits = ix.search("vault key", 10, &Filter::default(), now);
+        assert_eq!(hits.len(), 2);
+        assert_eq!(hits[0].0.id, [3; 16], "newer equal match ranks first");
+        assert_eq!(hits[1].0.id, [1; 16]);
+        assert!(ix
+            .search("nothing matches", 10, &Filter::default(), now)
+            .is_empty());
+    }
+
+    #[test]
+    fn remove_and_filters() {
+        let mut ix = Index::default();
+        ix.add(meta(1, 0), "alpha beta");
+        let mut m = meta(2, 0);
+        m.tier = 2;
+        m.session = Some("s1".into());
+        ix.add(m, "alpha gamma");
+        let f = Filter {
+            tier: Some(2),
+            ..Default::default()
+        };
+        assert_eq!(ix.search("alpha", 10, &f, 0).len(), 1);
+        let f = Filter {
+            session: Some("s1".into()),
+            ..Default::default()
+        };
+        assert_eq!(ix.search("alpha", 10, &f, 0)[0].0.id, [2; 16]);
+        ix.remove(&[2; 16], "alpha gamma");
+        assert_eq!(ix.search("alpha", 10, &Filter::default(), 0).len(), 1);
+        assert!(ix.search("gamma", 10, &Filter::default(), 0).is_empty());
+        assert_eq!(ix.len(), 1);
+    }
+}

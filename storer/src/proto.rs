@@ -1,0 +1,448 @@
+//! The client ⇄ storer protocol over `run/iai-mcp.sock`.
+//!
+//! Frame: `length u32 LE | JSON body`, the body at most [`MAX_FRAME`] bytes.
+//! Request body: `{"v": 1, "type": "<request>", ...fields}`. Reply body:
+//! `{"v": 1, "ok": true, "result": {...}}` or
+//! `{"v": 1, "ok": false, "error": {"code": "...", "message": "..."}}`.
+//!
+//! A length over the maximum cannot be resynchronised: the storer answers
+//! `frame_too_large` and closes the connection. Anything wrong *inside* a
+//! well-delimited frame (invalid UTF-8, malformed JSON, unknown version or
+//! request, bad arguments) is answered with an error and the connection stays
+//! usable.
+
+use std::io::{self, Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Largest frame body accepted in either direction.
+pub const MAX_FRAME: usize = 1 << 20;
+/// Largest memory text accepted by `capture` (bytes of UTF-8).
+pub const MAX_TEXT: usize = 256 * 1024;
+/// Largest cue (capture's optional cue, recall's query).
+pub const MAX_CUE: usize = 4096;
+pub const MAX_TAGS: usize = 32;
+pub const MAX_TAG: usize = 128;
+pub const MAX_SESSION: usize = 256;
+pub const MAX_PROVENANCE: usize = 1024;
+pub const MAX_RECALL_LIMIT: u32 = 100;
+pub const DEFAULT_RECALL_LIMIT: u32 = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    Working,
+    #[default]
+    Episodic,
+    Semantic,
+    Procedural,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [
+        Tier::Working,
+        Tier::Episodic,
+        Tier::Semantic,
+        Tier::Procedural,
+    ];
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+    pub fn from_code(c: i64) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| i64::from(t.code()) == c)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Tier::Working => "working",
+            Tier::Episodic => "episodic",
+            Tier::Semantic => "semantic",
+            Tier::Procedural => "procedural",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    #[default]
+    User,
+    Assistant,
+    System,
+}
+
+impl Role {
+    pub const ALL: [Role; 3] = [Role::User, Role::Assistant, Role::System];
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+    pub fn from_code(c: i64) -> Option<Role> {
+        Role::ALL.into_iter().find(|r| i64::from(r.code()) == c)
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::System => "system",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureRequest {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cue: Option<String>,
+    #[serde(default)]
+    pub tier: Tier,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
+    /// The memory's time in milliseconds since the Unix epoch, for imports
+    /// that keep original dates. Defaults to now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecallRequest {
+    pub cue: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<Tier>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+}
+
+/// Every request the storer serves.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Request {
+    Capture(CaptureRequest),
+    Recall(RecallRequest),
+    Forget {
+        id: String,
+    },
+    Stats,
+    /// Stops the storer (and so the keyholder): what `iai-mcp lock` sends.
+    Shutdown,
+}
+
+pub const REQUEST_TYPES: &[&str] = &["capture", "recall", "forget", "stats", "shutdown"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaptureStatus {
+    Inserted,
+    /// An exact duplicate of an existing memory: that memory was reinforced.
+    Reinforced,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureResult {
+    pub id: String,
+    pub status: CaptureStatus,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hit {
+    pub id: String,
+    pub score: f64,
+    pub created_at: i64,
+    pub tier: Tier,
+    pub role: Role,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cue: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    pub reinforced: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RecallResult {
+    pub hits: Vec<Hit>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForgetResult {
+    pub id: String,
+    pub forgotten: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TierCount {
+    pub tier: Tier,
+    pub records: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    pub version: String,
+    pub records: u64,
+    pub per_tier: Vec<TierCount>,
+    /// Records whose sealed body did not authenticate at unlock (tampering or corruption).
+    pub unreadable: u64,
+    pub store_bytes: u64,
+    pub storer_pid: u32,
+    pub keyholder_pid: u32,
+    pub seal_count: u64,
+    pub seal_limit: u64,
+    /// Protections that are not enforced (only when the user allowed a degraded sandbox).
+    pub degraded: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    pub done: bool,
+}
+
+/// Machine-readable reason of a refused request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    FrameTooLarge,
+    InvalidUtf8,
+    MalformedJson,
+    UnsupportedVersion,
+    UnknownRequest,
+    InvalidArgument,
+    TextTooLarge,
+    NotFound,
+    PeerRefused,
+    Busy,
+    KeyholderUnavailable,
+    SealLimit,
+    Storage,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses one frame body into a request, or the precise reason it is refused.
+pub fn parse_request(body: &[u8]) -> Result<Request, ErrorBody> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::InvalidUtf8,
+            format!("request is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::MalformedJson,
+            format!("request is not valid JSON: {e}"),
+        )
+    })?;
+    let obj = value
+        .as_object()
+        .ok_or_else(|| ErrorBody::new(ErrorCode::MalformedJson, "request must be a JSON object"))?;
+    match obj.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(ErrorBody::new(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {v} is not supported (this storer speaks {PROTOCOL_VERSION})"
+                ),
+            ))
+        }
+        None => {
+            return Err(ErrorBody::new(
+                ErrorCode::UnsupportedVersion,
+                "request has no protocol version \"v\"",
+            ))
+        }
+    }
+    let kind = obj
+        .get("type")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| ErrorBody::new(ErrorCode::UnknownRequest, "request has no \"type\""))?;
+    if !REQUEST_TYPES.contains(&kind) {
+        return Err(ErrorBody::new(
+            ErrorCode::UnknownRequest,
+            format!("unknown request type {kind:?}"),
+        ));
+    }
+    let mut obj = obj.clone();
+    obj.remove("v");
+    serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
+        ErrorBody::new(
+            ErrorCode::InvalidArgument,
+            format!("invalid {kind} request: {e}"),
+        )
+    })
+}
+
+pub fn encode_request(req: &Request) -> Vec<u8> {
+    let mut v = serde_json::to_value(req).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("v".into(), PROTOCOL_VERSION.into());
+    }
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+pub fn encode_ok(result: &impl Serialize) -> Vec<u8> {
+    let result = serde_json::to_value(result).unwrap_or(serde_json::Value::Null);
+    serde_json::to_vec(&serde_json::json!({"v": PROTOCOL_VERSION, "ok": true, "result": result}))
+        .unwrap_or_default()
+}
+
+pub fn encode_err(err: &ErrorBody) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({"v": PROTOCOL_VERSION, "ok": false, "error": err}))
+        .unwrap_or_default()
+}
+
+/// Decodes a reply body into the result value or the storer's error.
+pub fn decode_reply(body: &[u8]) -> Result<Result<serde_json::Value, ErrorBody>, String> {
+    #[derive(Deserialize)]
+    struct Reply {
+        v: u32,
+        ok: bool,
+        #[serde(default)]
+        result: serde_json::Value,
+        error: Option<ErrorBody>,
+    }
+    let r: Reply = serde_json::from_slice(body)
+        .map_err(|e| format!("malformed reply from the storer: {e}"))?;
+    if r.v != PROTOCOL_VERSION {
+        return Err(format!(
+            "the storer speaks protocol version {}, this client {PROTOCOL_VERSION}",
+            r.v
+        ));
+    }
+    match (r.ok, r.error) {
+        (true, _) => Ok(Ok(r.result)),
+        (false, Some(e)) => Ok(Err(e)),
+        (false, None) => Err("the storer reported an error without details".into()),
+    }
+}
+
+/// A frame read result: the body, a clean end of stream, or an oversized
+/// length (the connection cannot continue after it).
+pub enum Frame {
+    Body(Vec<u8>),
+    Eof,
+    TooLarge(usize),
+}
+
+pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..]) {
+            Ok(0) if got == 0 => return Ok(Frame::Eof),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "end of stream inside a length prefix",
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Ok(Frame::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok(Frame::Body(body))
+}
+
+pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
+    if body.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame exceeds the maximum size",
+        ));
+    }
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(body);
+    w.write_all(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(body: &[u8]) -> ErrorCode {
+        parse_request(body).expect_err("must be refused").code
+    }
+
+    #[test]
+    fn each_kind_of_bad_request_gets_its_own_code() {
+        assert_eq!(code(b"\xff\xfe"), ErrorCode::InvalidUtf8);
+        assert_eq!(code(b"{not json"), ErrorCode::MalformedJson);
+        assert_eq!(code(b"[1,2]"), ErrorCode::MalformedJson);
+        assert_eq!(code(br#"{"type":"stats"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            code(br#"{"v":9,"type":"stats"}"#),
+            ErrorCode::UnsupportedVersion
+        );
+        assert_eq!(
+            code(br#"{"v":1,"type":"explode"}"#),
+            ErrorCode::UnknownRequest
+        );
+        assert_eq!(
+            code(br#"{"v":1,"type":"capture"}"#),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(br#"{"v":1,"type":"capture","text":"x","tier":"cosmic"}"#),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            code(br#"{"v":1,"type":"capture","text":"x","surprise":1}"#),
+            ErrorCode::InvalidArgument
+        );
+    }
+
+    #[test]
+    fn requests_round_trip() {
+        let req = Request::Capture(CaptureRequest {
+            text: "hi".into(),
+            tags: vec!["a".into()],
+            ..Default::default()
+        });
+        match parse_request(&encode_request(&req)).expect("parses") {
+            Request::Capture(c) => {
+                assert_eq!(c.text, "hi");
+                assert_eq!(c.tier, Tier::Episodic);
+            }
+            other => panic!("wrong request {other:?}"),
+        }
+        assert!(matches!(
+            parse_request(&encode_request(&Request::Stats)),
+            Ok(Request::Stats)
+        ));
+    }
+}
