@@ -1,11 +1,12 @@
 //! `iai-mcp`: the one binary. Role dispatch happens first, before clap, any
 //! thread or any runtime exists: `__keyholder` and `__storer` are entered only
 //! by re-executing `/proc/self/exe`.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod cli;
 mod passphrase;
 mod roles;
+mod sys;
 
 use std::process::ExitCode;
 

@@ -37,13 +37,23 @@ pub fn obtain(fd: Option<i32>, new: bool) -> Result<Passphrase> {
 
 /// Reads the first line from descriptor `fd` (a pipe or file the caller opened).
 fn from_fd(fd: i32) -> Result<Passphrase> {
-    let path = format!("/proc/self/fd/{fd}");
-    let file = std::fs::File::open(&path)
+    let file = crate::sys::dup_inherited(fd)
         .with_context(|| format!("--passphrase-fd {fd}: descriptor is not open"))?;
+    // Stop at the first newline: a pipe that stays open must not block us.
     let mut buf = Zeroizing::new(Vec::new());
-    file.take(MAX_PASSPHRASE_BYTES as u64 + 2)
-        .read_to_end(&mut buf)
-        .with_context(|| format!("--passphrase-fd {fd}: cannot read"))?;
+    let mut chunk = Zeroizing::new([0u8; 256]);
+    let mut file = file;
+    while !buf.contains(&b'\n') && buf.len() <= MAX_PASSPHRASE_BYTES {
+        let n = match file.read(chunk.as_mut()) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e).with_context(|| format!("--passphrase-fd {fd}: cannot read")),
+        };
+        if n == 0 {
+            break;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
     let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
     let mut line = buf[..end].to_vec();
     if line.last() == Some(&b'\r') {

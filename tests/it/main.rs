@@ -1,0 +1,9 @@
+//! Integration tests: the real `iai-mcp` binary, its real keyholder and storer
+//! processes, a real SQLite file, in temporary homes.
+
+mod keyfile;
+mod lifecycle;
+mod plaintext;
+mod protocol;
+mod support;
+mod uid;

@@ -1,0 +1,215 @@
+//! Test homes with the real `iai-mcp` binary and its real daemons.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use iai_policy::Home;
+use iai_storer::client::Client;
+
+pub const PASS: &str = "correct horse battery staple";
+pub const BIN: &str = env!("CARGO_BIN_EXE_iai-mcp");
+
+/// A temporary `IAI_MCP_HOME`. Dropping it locks the store, so no daemon
+/// outlives its test.
+pub struct TestHome {
+    _dir: tempfile::TempDir,
+    pub root: PathBuf,
+    /// Run commands as this uid/gid instead of the test's own.
+    pub uid: Option<u32>,
+}
+
+impl TestHome {
+    pub fn new() -> TestHome {
+        let dir = tempfile::Builder::new()
+            .prefix("iai")
+            .tempdir_in("/tmp")
+            .expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let root = dir.path().join("h");
+        TestHome {
+            _dir: dir,
+            root,
+            uid: None,
+        }
+    }
+
+    /// A home whose commands (and so daemons) run as `nobody`.
+    pub fn new_as(uid: u32) -> TestHome {
+        let mut h = TestHome::new();
+        std::os::unix::fs::chown(h._dir.path(), Some(uid), Some(uid)).expect("chown");
+        h.uid = Some(uid);
+        h
+    }
+
+    pub fn home(&self) -> Home {
+        Home::new(self.root.clone()).expect("valid home")
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .env("IAI_MCP_HOME", &self.root)
+            .env_remove("IAI_MCP_PASSPHRASE")
+            .stdin(Stdio::null());
+        if let Some(uid) = self.uid {
+            c.uid(uid).gid(uid);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run iai-mcp")
+    }
+
+    /// Runs with `pass` on stdin, given as `--passphrase-fd 0`.
+    pub fn run_with_pass(&self, args: &[&str], pass: &str) -> Output {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--passphrase-fd", "0"]);
+        let mut child = self
+            .cmd(&all)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(pass.as_bytes()).expect("write passphrase");
+        stdin.write_all(b"\n").expect("write newline");
+        drop(stdin);
+        child.wait_with_output().expect("wait")
+    }
+
+    pub fn init(&self) {
+        let out = self.run_with_pass(&["init"], PASS);
+        assert_ok(&out, "init");
+    }
+
+    pub fn unlock(&self) {
+        let out = self.run_with_pass(&["unlock"], PASS);
+        assert_ok(&out, "unlock");
+    }
+
+    pub fn init_unlocked() -> TestHome {
+        let h = TestHome::new();
+        h.init();
+        h.unlock();
+        h
+    }
+
+    pub fn client(&self) -> Client {
+        Client::connect(&self.home()).expect("storer answers")
+    }
+
+    /// `status --json` as a value.
+    pub fn status(&self) -> serde_json::Value {
+        let out = self.run(&["status", "--json"]);
+        assert_ok(&out, "status");
+        serde_json::from_slice(&out.stdout).expect("status json")
+    }
+
+    pub fn pids(&self) -> (u32, u32) {
+        let s = self.status();
+        assert_eq!(s["state"], "unlocked", "{s}");
+        (
+            s["keyholder_pid"].as_u64().expect("pid") as u32,
+            s["storer_pid"].as_u64().expect("pid") as u32,
+        )
+    }
+
+    /// Every regular file beneath the home, recursively.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        walk(&self.root, &mut out);
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let ft = e.file_type().expect("file type");
+        if ft.is_dir() {
+            walk(&e.path(), out);
+        } else if ft.is_file() {
+            out.push(e.path());
+        }
+    }
+}
+
+impl Drop for TestHome {
+    fn drop(&mut self) {
+        let s = self.run(&["status", "--json"]);
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&s.stdout) {
+            if v["state"] == "unlocked" {
+                let _ = self.run(&["lock"]);
+            }
+        }
+    }
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?})\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
+
+pub fn wait_gone(pid: u32, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if !alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    !alive(pid)
+}
+
+pub fn kill9(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill -9");
+}
+
+/// A seeded, reproducible generator (SplitMix64).
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    pub fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
