@@ -265,3 +265,113 @@ impl From<Fail> for String {
 pub fn check_keyfile(home: &Home) -> Result<KeyFile, String> {
     load_keyfile(home).map_err(String::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyfile::{Dek, KeyId};
+    use crate::wire::SealItem;
+    use crate::{Field, RowId};
+
+    fn sealer() -> Sealer {
+        Sealer::new(&Dek::from_bytes([9; 32]), KeyId([1; 16]))
+    }
+
+    fn refused(r: Response) -> Option<Refusal> {
+        match r {
+            Response::Refused(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn requests_before_hello_unknown_kinds_and_forged_counters_are_refused() {
+        let mut s = sealer();
+        let mut greeted = false;
+        assert_eq!(
+            refused(handle(
+                &mut s,
+                &mut greeted,
+                false,
+                Request::Tag(vec![b"x".to_vec()])
+            )),
+            Some(Refusal::HelloFirst)
+        );
+        let forged = Request::Hello {
+            counter: Some(vec![1; 60]),
+        };
+        assert_eq!(
+            refused(handle(&mut s, &mut greeted, false, forged)),
+            Some(Refusal::BadCounter)
+        );
+        assert!(matches!(
+            handle(
+                &mut s,
+                &mut greeted,
+                false,
+                Request::Hello { counter: None }
+            ),
+            Response::Hello { .. }
+        ));
+        assert_eq!(
+            refused(handle(
+                &mut s,
+                &mut greeted,
+                false,
+                Request::Hello { counter: None }
+            )),
+            Some(Refusal::HelloTwice)
+        );
+        assert_eq!(
+            refused(handle(&mut s, &mut greeted, false, Request::Unknown(0x42))),
+            Some(Refusal::UnknownRequest)
+        );
+        let seal = Request::Seal(vec![SealItem {
+            field: Field::RecordBody,
+            row: RowId([2; 16]),
+            plain: b"p".to_vec(),
+        }]);
+        match handle(&mut s, &mut greeted, false, seal) {
+            Response::Sealed { counter, blobs } => {
+                assert_eq!(blobs.len(), 1);
+                // The counter it hands out restores in a fresh keyholder.
+                let mut fresh = sealer();
+                fresh
+                    .restore_counter(&counter)
+                    .expect("counter authenticates");
+                assert_eq!(fresh.count(), 2);
+            }
+            _ => panic!("seal refused"),
+        }
+    }
+
+    #[test]
+    fn seal_limit_refuses_the_batch() {
+        let mut s = sealer().with_limit(2);
+        let mut greeted = false;
+        handle(
+            &mut s,
+            &mut greeted,
+            false,
+            Request::Hello { counter: None },
+        );
+        let item = || SealItem {
+            field: Field::RecordBody,
+            row: RowId([2; 16]),
+            plain: b"p".to_vec(),
+        };
+        assert!(matches!(
+            handle(&mut s, &mut greeted, false, Request::Seal(vec![item()])),
+            Response::Sealed { .. }
+        ));
+        assert_eq!(
+            refused(handle(
+                &mut s,
+                &mut greeted,
+                false,
+                Request::Seal(vec![item()])
+            )),
+            Some(Refusal::LimitReached)
+        );
+    }
+}

@@ -115,6 +115,14 @@ impl Dek {
             .map_err(|_| KeyFileError::Random)?;
         Ok(Dek(key))
     }
+    /// A DEK from known bytes (known-answer vectors, key import).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        let mut bytes = zeroize::Zeroizing::new(bytes);
+        let mut key = SecretBox::new(Box::new([0u8; 32]));
+        secrecy::ExposeSecretMut::expose_secret_mut(&mut key).copy_from_slice(bytes.as_ref());
+        zeroize::Zeroize::zeroize(&mut *bytes);
+        Dek(key)
+    }
     pub fn expose(&self) -> &[u8; 32] {
         self.0.expose_secret()
     }

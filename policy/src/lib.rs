@@ -270,6 +270,11 @@ pub fn drop_capabilities() -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// Applies only the Landlock part of a sandbox (tests of that layer alone).
+pub fn restrict_filesystem(fs: &FsView) -> Result<(), PolicyError> {
+    apply_landlock(fs)
+}
+
 fn apply_landlock(fs: &FsView) -> Result<(), PolicyError> {
     let err = |e: landlock::RulesetError| PolicyError::Landlock(e.to_string());
     let abi = LANDLOCK_ABI;

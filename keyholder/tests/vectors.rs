@@ -1,0 +1,209 @@
+//! Known-answer vectors for `.key` files and sealed blobs. Each directory has
+//! an `EXPECT` file naming every vector and the outcome it must produce; the
+//! vectors themselves are committed bytes, so a format change that breaks old
+//! files fails here. Regenerate (after a deliberate format change only) with
+//! `IAI_MCP_BLESS=1 cargo test -p iai-keyholder --test vectors -- --ignored`.
+
+use std::path::PathBuf;
+
+use iai_keyholder::{
+    Dek, Field, KdfParams, KeyFile, KeyFileError, KeyId, Passphrase, RowId, SealError, Sealer,
+};
+
+const PASS: &str = "vector passphrase 1";
+const PLAIN: &str = "known answer: sealed text ✓ 東京";
+
+fn dir(sub: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/vectors")
+        .join(sub)
+}
+
+fn dek_bytes() -> [u8; 32] {
+    std::array::from_fn(|i| i as u8)
+}
+
+fn key_id() -> KeyId {
+    KeyId(std::array::from_fn(|i| 0xa0 + i as u8))
+}
+
+/// Every file in a vector directory must be named in its EXPECT.
+fn assert_all_listed(sub: &str, expect: &str) {
+    for e in std::fs::read_dir(dir(sub)).expect("dir").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != "EXPECT" {
+            assert!(
+                expect
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{name} "))
+                        || l.starts_with(&format!("{name}:"))),
+                "{sub}/{name} has no expected outcome"
+            );
+        }
+    }
+}
+
+fn outcome(r: Result<KeyFile, KeyFileError>) -> String {
+    match r {
+        Ok(_) => "parses".into(),
+        Err(KeyFileError::Truncated(_)) => "truncated".into(),
+        Err(KeyFileError::TrailingData(_)) => "trailing-data".into(),
+        Err(KeyFileError::BadMagic) => "bad-magic".into(),
+        Err(KeyFileError::UnsupportedVersion(_)) => "unsupported-version".into(),
+        Err(KeyFileError::UnknownKdf(_)) => "unknown-kdf".into(),
+        Err(KeyFileError::HostileKdf(_)) => "hostile-kdf".into(),
+        Err(other) => format!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn keyfile_vectors() {
+    let expect = std::fs::read_to_string(dir("keyfile").join("EXPECT")).expect("EXPECT");
+    assert_all_listed("keyfile", &expect);
+    let mut seen = 0;
+    for line in expect
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let (file, want) = line.split_once(':').expect("file: outcome");
+        let want = want.trim();
+        let bytes = std::fs::read(dir("keyfile").join(file.trim())).expect("vector file");
+        let parsed = KeyFile::parse(&bytes);
+        match want {
+            "ok" => {
+                let kf = parsed.expect("valid vector parses");
+                let dek = kf
+                    .unwrap(&Passphrase::new(PASS.into()))
+                    .expect("right passphrase unwraps");
+                assert_eq!(*dek.expose(), dek_bytes(), "{file}: unwrapped DEK");
+                assert_eq!(kf.key_id(), key_id());
+                assert_eq!(
+                    kf.unwrap(&Passphrase::new(b"vector passphrase 2".to_vec()))
+                        .err(),
+                    Some(KeyFileError::WrongPassphrase)
+                );
+            }
+            "wrong-passphrase" => {
+                let kf = parsed.unwrap_or_else(|e| panic!("{file} must parse, got {e}"));
+                assert_eq!(
+                    kf.unwrap(&Passphrase::new(PASS.into())).err(),
+                    Some(KeyFileError::WrongPassphrase),
+                    "{file}"
+                );
+            }
+            other => assert_eq!(outcome(parsed), other, "{file}"),
+        }
+        seen += 1;
+    }
+    assert!(seen >= 12, "only {seen} key file vectors");
+}
+
+fn field(name: &str) -> Field {
+    match name {
+        "record_body" => Field::RecordBody,
+        "event_detail" => Field::EventDetail,
+        "meta_value" => Field::MetaValue,
+        other => panic!("unknown field {other}"),
+    }
+}
+
+#[test]
+fn blob_vectors() {
+    let sealer = Sealer::new(&Dek::from_bytes(dek_bytes()), key_id());
+    let expect = std::fs::read_to_string(dir("blob").join("EXPECT")).expect("EXPECT");
+    assert_all_listed("blob", &expect);
+    let mut seen = 0;
+    for line in expect
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        // file field row-byte: outcome
+        let (left, want) = line.split_once(':').expect("left: outcome");
+        let parts: Vec<&str> = left.split_whitespace().collect();
+        let [file, f, row] = parts[..] else {
+            panic!("bad line {line}")
+        };
+        let row = RowId([u8::from_str_radix(row, 16).expect("row byte"); 16]);
+        let blob = std::fs::read(dir("blob").join(file)).expect("vector");
+        let got = sealer.unseal(field(f), row, &blob);
+        match want.trim() {
+            "ok" => assert_eq!(got.expect(file), PLAIN.as_bytes(), "{file}"),
+            w => {
+                let err = got.expect_err(file);
+                let name = match err {
+                    SealError::Truncated => "truncated",
+                    SealError::UnknownVersion(_) => "unknown-version",
+                    SealError::WrongKey => "wrong-key",
+                    SealError::BadTag => "bad-tag",
+                    _ => "other",
+                };
+                assert_eq!(name, w, "{line}");
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 8, "only {seen} blob vectors");
+}
+
+#[test]
+#[ignore = "writes the vector files; run only after a deliberate format change"]
+fn regenerate_vectors() {
+    if std::env::var_os("IAI_MCP_BLESS").is_none() {
+        return;
+    }
+    let params = KdfParams::new(iai_keyholder::keyfile::MIN_M_KIB, 1, 1).expect("params");
+    let dek = Dek::from_bytes(dek_bytes());
+    let kf = KeyFile::wrap(
+        &Passphrase::new(PASS.into()),
+        params,
+        [0x5a; 32],
+        key_id(),
+        &dek,
+    )
+    .expect("wrap");
+    let valid = kf.to_bytes();
+    let kdir = dir("keyfile");
+    let write = |name: &str, bytes: &[u8]| std::fs::write(kdir.join(name), bytes).expect("write");
+    let edit = |at: usize, with: &[u8]| {
+        let mut b = valid.clone();
+        b[at..at + with.len()].copy_from_slice(with);
+        b
+    };
+    write("valid.key", &valid);
+    write("empty.key", &[]);
+    write("truncated.key", &valid[..100]);
+    write("trailing.key", &[valid.as_slice(), &[0]].concat());
+    write("bad-tag.key", &edit(131, &[valid[131] ^ 1]));
+    write("bad-magic.key", &edit(0, b"NOTAKEY\0"));
+    write("unknown-version.key", &edit(8, &2u16.to_le_bytes()));
+    write("unknown-kdf.key", &edit(10, &[7]));
+    write("hostile-memory.key", &edit(12, &u32::MAX.to_le_bytes()));
+    write("weak-memory.key", &edit(12, &8u32.to_le_bytes()));
+    write("hostile-passes.key", &edit(16, &1_000_000u32.to_le_bytes()));
+    write("hostile-lanes.key", &edit(20, &0u32.to_le_bytes()));
+    write("edited-passes.key", &edit(16, &2u32.to_le_bytes()));
+    write("edited-salt.key", &edit(30, &[valid[30] ^ 0xff]));
+
+    let mut sealer = Sealer::new(&dek, key_id());
+    let blob = sealer
+        .seal(Field::RecordBody, RowId([0x11; 16]), PLAIN.as_bytes())
+        .expect("seal");
+    let bdir = dir("blob");
+    let bwrite = |name: &str, bytes: &[u8]| std::fs::write(bdir.join(name), bytes).expect("write");
+    bwrite("valid.blob", &blob);
+    bwrite("empty.blob", &[]);
+    bwrite("truncated.blob", &blob[..40]);
+    let mut bad = blob.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    bwrite("bad-tag.blob", &bad);
+    let mut v = blob.clone();
+    v[0] = 9;
+    bwrite("unknown-version.blob", &v);
+    let mut k = blob.clone();
+    k[1] ^= 0xff;
+    bwrite("other-key.blob", &k);
+    let mut n = blob;
+    n[20] ^= 1;
+    bwrite("bad-nonce.blob", &n);
+}
