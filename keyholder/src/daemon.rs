@@ -179,8 +179,9 @@ fn libc_o_nofollow() -> i32 {
 }
 
 /// Serves the storer until it hangs up; the sealer (and so the key) is
-/// dropped and wiped before the process exits.
-fn serve(mut stream: UnixStream, mut sealer: Sealer, degraded: bool) -> i32 {
+/// dropped and wiped before the process exits. Public so benchmarks can put
+/// the real serve loop at the far end of a socketpair.
+pub fn serve(mut stream: UnixStream, mut sealer: Sealer, degraded: bool) -> i32 {
     let mut greeted = false;
     loop {
         let body = match read_frame(&mut stream) {

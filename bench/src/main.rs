@@ -1,0 +1,441 @@
+//! `iai-bench`: measures iai-mcp through its real processes.
+//!
+//! ```text
+//! iai-bench seal  [--iters N]                       seal+unseal: socketpair vs in-process
+//! iai-bench store [--records N] [--queries Q] [--json]   capture/recall latency, unlock time, RSS
+//! ```
+//!
+//! Figures are medians and percentiles of many runs, and each comparison has
+//! its baseline measured in the same run: these machines are shared and noisy.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use iai_keyholder::client::KeyholderClient;
+use iai_keyholder::wire::{SealItem, UnsealItem};
+use iai_keyholder::{Dek, Field, KeyFile, KeyId, Passphrase, RowId, Sealer};
+use iai_storer::client::Client;
+use iai_storer::proto::{CaptureRequest, RecallRequest};
+
+const PASS: &str = "benchmark passphrase";
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str, default: usize| -> usize {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| {
+                v.parse()
+                    .unwrap_or_else(|_| die(&format!("{name} needs a number")))
+            })
+            .unwrap_or(default)
+    };
+    let json = args.iter().any(|a| a == "--json");
+    match args.first().map(String::as_str) {
+        Some("seal") => seal(flag("--iters", 20_000), json),
+        Some("store") => store(flag("--records", 10_000), flag("--queries", 1_000), json),
+        _ => {
+            eprintln!("usage: iai-bench seal [--iters N] [--json] | iai-bench store [--records N] [--queries Q] [--json]");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("iai-bench: {msg}");
+    std::process::exit(2)
+}
+
+/// Percentiles of a sample, in microseconds.
+struct Summary {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    n: usize,
+}
+
+fn summarize(mut xs: Vec<Duration>) -> Summary {
+    xs.sort();
+    let at = |q: f64| xs[((xs.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
+    Summary {
+        p50: at(0.50),
+        p95: at(0.95),
+        p99: at(0.99),
+        n: xs.len(),
+    }
+}
+
+/// Seeded SplitMix64, so every run generates the same text.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+const VOCAB: &[&str] = &[
+    "deploy",
+    "staging",
+    "production",
+    "rollback",
+    "migration",
+    "schema",
+    "index",
+    "latency",
+    "budget",
+    "invoice",
+    "customer",
+    "ticket",
+    "kernel",
+    "driver",
+    "compiler",
+    "linker",
+    "tokio",
+    "runtime",
+    "thread",
+    "mutex",
+    "vault",
+    "secret",
+    "rotate",
+    "password",
+    "certificate",
+    "renewal",
+    "meeting",
+    "Thursday",
+    "decision",
+    "review",
+    "merge",
+    "branch",
+    "release",
+    "changelog",
+    "benchmark",
+    "regression",
+    "profile",
+    "allocation",
+    "cache",
+    "eviction",
+    "Zürich",
+    "naïve",
+    "café",
+    "Москва",
+    "данные",
+    "сервер",
+    "東京",
+    "会議",
+    "データ",
+    "서버",
+    "데이터",
+    "مرحبا",
+    "خادم",
+    "Αθήνα",
+    "δεδομένα",
+    "שרת",
+    "नमस्ते",
+    "सर्वर",
+    "🚀",
+    "✅",
+];
+
+/// A memory of 20 B to 4 KiB, skewed towards short ones, in mixed scripts.
+fn memory_text(rng: &mut Rng, i: usize) -> String {
+    let target = match rng.below(10) {
+        0..=5 => 20 + rng.below(200),
+        6..=8 => 200 + rng.below(1000),
+        _ => 1200 + rng.below(2800),
+    };
+    let mut s = format!("note {i}:");
+    while s.len() < target {
+        s.push(' ');
+        s.push_str(VOCAB[rng.below(VOCAB.len())]);
+    }
+    let mut cut = target.min(4096);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s.truncate(cut);
+    s
+}
+
+fn seal(iters: usize, json: bool) {
+    let dek = Dek::from_bytes([7; 32]);
+    let key_id = KeyId([1; 16]);
+    let mut rows = Vec::new();
+    for &(size, batch) in &[(200usize, 1usize), (200, 64), (4096, 1), (4096, 64)] {
+        let plain = vec![b'x'; size];
+        let ops = (iters / batch).max(10) * batch;
+
+        // Baseline: the same AES-GCM work in-process (seal then open).
+        let aead = Aes256Gcm::new((&[7u8; 32]).into());
+        let nonce = [3u8; 12];
+        let ad = [0u8; 51];
+        let t = Instant::now();
+        for _ in 0..ops {
+            let ct = aead
+                .encrypt(
+                    Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: &plain,
+                        aad: &ad,
+                    },
+                )
+                .expect("seal");
+            let pt = aead
+                .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ct, aad: &ad })
+                .expect("open");
+            std::hint::black_box(pt);
+        }
+        let local = ops as f64 / t.elapsed().as_secs_f64();
+
+        // The real keyholder serve loop at the far end of a real socketpair.
+        let (mine, theirs) = UnixStream::pair().expect("socketpair");
+        let sealer = Sealer::new(&dek, key_id);
+        let server =
+            std::thread::spawn(move || iai_keyholder::daemon::serve(theirs, sealer, false));
+        let mut kh = KeyholderClient::hello(mine, None).expect("hello");
+        let t = Instant::now();
+        for _ in 0..ops / batch {
+            let items = (0..batch)
+                .map(|_| SealItem {
+                    field: Field::RecordBody,
+                    row: RowId([5; 16]),
+                    plain: plain.clone(),
+                })
+                .collect();
+            let (blobs, _) = kh.seal(items).expect("seal");
+            let items = blobs
+                .into_iter()
+                .map(|blob| UnsealItem {
+                    field: Field::RecordBody,
+                    row: RowId([5; 16]),
+                    blob,
+                })
+                .collect();
+            std::hint::black_box(kh.unseal(items).expect("unseal"));
+        }
+        let remote = ops as f64 / t.elapsed().as_secs_f64();
+        drop(kh);
+        let _ = server.join();
+        rows.push((size, batch, local, remote));
+    }
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|&(size, batch, local, remote)| serde_json::json!({"bytes": size, "batch": batch, "in_process_per_s": local, "socketpair_per_s": remote, "ratio": local / remote}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!("seal+unseal round trips per second ({iters} ops per row)");
+    println!(
+        "{:>6} {:>6} {:>16} {:>16} {:>8}",
+        "bytes", "batch", "in-process/s", "socketpair/s", "ratio"
+    );
+    for (size, batch, local, remote) in rows {
+        println!(
+            "{size:>6} {batch:>6} {local:>16.0} {remote:>16.0} {:>7.1}x",
+            local / remote
+        );
+    }
+}
+
+fn iai_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe.with_file_name("iai-mcp");
+    if !bin.exists() {
+        die(&format!(
+            "{} not found: build it with `cargo build --release` first",
+            bin.display()
+        ));
+    }
+    bin
+}
+
+fn run(bin: &Path, home: &Path, args: &[&str], pass: bool) -> Duration {
+    let t = Instant::now();
+    let mut all: Vec<&str> = args.to_vec();
+    if pass {
+        all.extend(["--passphrase-fd", "0"]);
+    }
+    let mut child = Command::new(bin)
+        .args(&all)
+        .env("IAI_MCP_HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn iai-mcp");
+    if pass {
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("{PASS}\n").as_bytes());
+    }
+    let status = child.wait().expect("wait");
+    if !status.success() {
+        die(&format!("iai-mcp {args:?} failed"));
+    }
+    t.elapsed()
+}
+
+/// Peak resident set (VmHWM) of a process, in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(str::to_owned)
+        })
+        .and_then(|l| {
+            l.split_whitespace()
+                .nth(1)
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn store(records: usize, queries: usize, json: bool) {
+    let bin = iai_bin();
+    let dir = tempfile::Builder::new()
+        .prefix("iai-bench")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let home = dir.path().join("h");
+    run(&bin, &home, &["init"], true);
+    run(&bin, &home, &["unlock"], true);
+    let ihome = iai_policy::Home::new(home.clone()).expect("home");
+    let mut client = Client::connect(&ihome).expect("connect");
+    let mut rng = Rng(42);
+
+    let mut capture = Vec::with_capacity(records);
+    let started = Instant::now();
+    for i in 0..records {
+        let text = memory_text(&mut rng, i);
+        let t = Instant::now();
+        client
+            .capture(CaptureRequest {
+                text,
+                ..Default::default()
+            })
+            .expect("capture");
+        capture.push(t.elapsed());
+        if !json && (i + 1) % 10_000 == 0 {
+            eprintln!(
+                "  captured {} of {records} ({:.0} s)",
+                i + 1,
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    let sustained = records as f64 / started.elapsed().as_secs_f64();
+
+    let mut recall = Vec::with_capacity(queries);
+    let mut hits = 0usize;
+    for _ in 0..queries {
+        let cue = format!(
+            "{} {}",
+            VOCAB[rng.below(VOCAB.len())],
+            VOCAB[rng.below(VOCAB.len())]
+        );
+        let t = Instant::now();
+        let r = client
+            .recall(RecallRequest {
+                cue,
+                limit: Some(10),
+                ..Default::default()
+            })
+            .expect("recall");
+        recall.push(t.elapsed());
+        hits += r.hits.len();
+    }
+    let stats = client.stats().expect("stats");
+    let (storer_rss, keyholder_rss) = (
+        peak_rss_mib(stats.storer_pid),
+        peak_rss_mib(stats.keyholder_pid),
+    );
+    drop(client);
+    run(&bin, &home, &["lock"], false);
+
+    // Unlock to ready, three times; Argon2 alone measured in-process.
+    let mut unlock = Vec::new();
+    for _ in 0..3 {
+        unlock.push(run(&bin, &home, &["unlock"], true));
+        let s = Client::connect(&ihome)
+            .and_then(|mut c| c.stats())
+            .expect("stats");
+        assert_eq!(s.records as usize, records);
+        run(&bin, &home, &["lock"], false);
+    }
+    let kf = KeyFile::parse(&std::fs::read(ihome.key()).expect("key")).expect("parse key");
+    let mut argon = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        kf.unwrap(&Passphrase::new(PASS.into())).expect("unwrap");
+        argon.push(t.elapsed());
+    }
+    let (c, r, u, a) = (
+        summarize(capture),
+        summarize(recall),
+        summarize(unlock),
+        summarize(argon),
+    );
+    if json {
+        let s = |x: &Summary| serde_json::json!({"p50_us": x.p50, "p95_us": x.p95, "p99_us": x.p99, "n": x.n});
+        let v = serde_json::json!({
+            "records": records, "capture": s(&c), "captures_per_s": sustained, "recall": s(&r),
+            "recall_hits_mean": hits as f64 / queries.max(1) as f64,
+            "unlock_total": s(&u), "argon2": s(&a), "unlock_minus_argon2_p50_ms": (u.p50 - a.p50) / 1e3,
+            "storer_peak_rss_mib": storer_rss, "keyholder_peak_rss_mib": keyholder_rss,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!("store of {records} records (real keyholder + storer, durable captures)");
+    println!(
+        "{:<28} {:>10} {:>10} {:>10} {:>8}",
+        "", "p50", "p95", "p99", "n"
+    );
+    for (name, s) in [("capture latency (µs)", &c), ("recall latency (µs)", &r)] {
+        println!(
+            "{name:<28} {:>10.0} {:>10.0} {:>10.0} {:>8}",
+            s.p50, s.p95, s.p99, s.n
+        );
+    }
+    for (name, s) in [
+        ("unlock to ready (ms)", &u),
+        ("  of which Argon2id (ms)", &a),
+    ] {
+        println!(
+            "{name:<28} {:>10.1} {:>10.1} {:>10.1} {:>8}",
+            s.p50 / 1e3,
+            s.p95 / 1e3,
+            s.p99 / 1e3,
+            s.n
+        );
+    }
+    println!("sustained captures/s         {sustained:>10.0}");
+    println!(
+        "unlock minus Argon2 (p50)    {:>10.1} ms",
+        (u.p50 - a.p50) / 1e3
+    );
+    println!("peak RSS storer / keyholder  {storer_rss:>10.1} / {keyholder_rss:.1} MiB");
+    println!(
+        "mean hits per recall         {:>10.1}",
+        hits as f64 / queries.max(1) as f64
+    );
+}
