@@ -78,8 +78,11 @@ impl TestHome {
             .spawn()
             .expect("spawn");
         let mut stdin = child.stdin.take().expect("stdin");
-        stdin.write_all(pass.as_bytes()).expect("write passphrase");
-        stdin.write_all(b"\n").expect("write newline");
+        // A command that refuses before reading its passphrase closes the pipe early.
+        match stdin.write_all(format!("{pass}\n").as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("write passphrase: {e}"),
+            _ => {}
+        }
         drop(stdin);
         child.wait_with_output().expect("wait")
     }
