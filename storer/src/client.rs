@@ -59,7 +59,17 @@ impl Client {
 
     /// Sends a raw frame body and returns the raw reply body (protocol tests).
     pub fn raw(&mut self, body: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
-        proto::write_frame(&mut self.stream, body)?;
+        if let Err(e) = proto::write_frame(&mut self.stream, body) {
+            // The storer may have refused the connection (and closed it)
+            // before our request went out: its reason is waiting to be read.
+            if !matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset) {
+                return Err(e.into());
+            }
+            return match proto::read_frame(&mut self.stream) {
+                Ok(Frame::Body(b)) => Ok(Some(b)),
+                _ => Err(e.into()),
+            };
+        }
         match proto::read_frame(&mut self.stream)? {
             Frame::Body(b) => Ok(Some(b)),
             Frame::Eof => Ok(None),
