@@ -15,7 +15,9 @@ use iai_keyholder::startup::{self, Startup};
 use iai_keyholder::{KdfParams, KeyFile, KeyFileError};
 use iai_policy::Home;
 use iai_storer::client::{Client, ClientError};
-use iai_storer::proto::{CaptureRequest, CaptureStatus, RecallRequest, Role, Tier};
+use iai_storer::proto::{
+    CaptureRequest, CaptureStatus, ContradictRequest, EventKind, EventsRequest, RecallRequest, Role, Tier,
+};
 
 use crate::passphrase;
 
@@ -92,6 +94,31 @@ enum Cmd {
     },
     /// Delete a memory by id, leaving none of its bytes in the database files.
     Forget { id: String },
+    /// Record that TEXT replaces memory ID; the old memory is kept and flagged as superseded.
+    Contradict {
+        id: String,
+        /// The new fact, or `-` to read it from stdin.
+        text: String,
+        #[arg(long, value_enum, default_value_t = TierArg::Episodic)]
+        tier: TierArg,
+    },
+    /// Strengthen memories that were useful together (2 to 32 ids).
+    Reinforce {
+        #[arg(required = true, num_args = 1..=32)]
+        ids: Vec<String>,
+    },
+    /// Show the audit trail of operations, newest first.
+    Events {
+        /// Only events at or after this time (RFC 3339, e.g. 2026-11-28T09:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, value_enum)]
+        kind: Option<KindArg>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -109,6 +136,27 @@ impl From<TierArg> for Tier {
             TierArg::Episodic => Tier::Episodic,
             TierArg::Semantic => Tier::Semantic,
             TierArg::Procedural => Tier::Procedural,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Capture,
+    Reinforce,
+    Contradict,
+    Forget,
+    Unlock,
+}
+
+impl From<KindArg> for EventKind {
+    fn from(k: KindArg) -> EventKind {
+        match k {
+            KindArg::Capture => EventKind::Capture,
+            KindArg::Reinforce => EventKind::Reinforce,
+            KindArg::Contradict => EventKind::Contradict,
+            KindArg::Forget => EventKind::Forget,
+            KindArg::Unlock => EventKind::Unlock,
         }
     }
 }
@@ -149,41 +197,13 @@ fn run(cmd: Cmd) -> Result<()> {
     let home = Home::from_env()?;
     match cmd {
         Cmd::Init { passphrase_fd } => init(&home, passphrase_fd),
-        Cmd::Unlock {
-            passphrase_fd,
-            allow_degraded_sandbox,
-        } => unlock(&home, passphrase_fd, allow_degraded_sandbox),
+        Cmd::Unlock { passphrase_fd, allow_degraded_sandbox } => unlock(&home, passphrase_fd, allow_degraded_sandbox),
         Cmd::Lock => lock(&home),
         Cmd::Status { json } => status(&home, json),
-        Cmd::Capture {
-            text,
-            tier,
-            role,
-            session,
-            cue,
-            tags,
-        } => {
-            let text = match text.as_deref() {
-                Some("-") | None => {
-                    let mut buf = Vec::new();
-                    std::io::stdin()
-                        .take(iai_storer::proto::MAX_TEXT as u64 + 1)
-                        .read_to_end(&mut buf)
-                        .context("cannot read the memory from stdin")?;
-                    String::from_utf8(buf)
-                        .map_err(|_| anyhow!("the text on stdin is not valid UTF-8"))?
-                }
-                Some(t) => t.to_string(),
-            };
-            let req = CaptureRequest {
-                text,
-                cue,
-                tier: tier.into(),
-                role: role.into(),
-                session,
-                tags,
-                ..Default::default()
-            };
+        Cmd::Capture { text, tier, role, session, cue, tags } => {
+            let text = text_arg(text)?;
+            let req =
+                CaptureRequest { text, cue, tier: tier.into(), role: role.into(), session, tags, ..Default::default() };
             let r = Client::connect(&home)?.capture(req)?;
             match r.status {
                 CaptureStatus::Inserted => println!("{} inserted", r.id),
@@ -193,21 +213,14 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Recall {
-            cue,
-            limit,
-            tier,
-            role,
-            session,
-            json,
-            raw,
-        } => {
+        Cmd::Recall { cue, limit, tier, role, session, json, raw } => {
             let req = RecallRequest {
                 cue,
                 limit: Some(limit),
                 tier: tier.map(Into::into),
                 role: role.map(Into::into),
                 session,
+                ..Default::default()
             };
             let r = Client::connect(&home)?.recall(req)?;
             let mut out = std::io::stdout().lock();
@@ -232,6 +245,9 @@ fn run(cmd: Cmd) -> Result<()> {
                         h.role.name(),
                         h.score
                     )?;
+                    if let Some(by) = &h.superseded_by {
+                        writeln!(out, "    (superseded by {by})")?;
+                    }
                     for line in h.text.lines() {
                         writeln!(out, "    {}", printable(line))?;
                     }
@@ -241,12 +257,58 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Forget { id } => {
             let r = Client::connect(&home)?.forget(&id)?;
-            println!(
-                "{} forgotten: removed from the database and its journal",
-                r.id
-            );
+            println!("{} forgotten: removed from the database and its journal", r.id);
             Ok(())
         }
+        Cmd::Contradict { id, text, tier } => {
+            let text = text_arg(Some(text))?;
+            let req = ContradictRequest { id, text, tier: tier.into(), ..Default::default() };
+            let r = Client::connect(&home)?.contradict(req)?;
+            println!("{} supersedes {}", r.id, r.supersedes);
+            Ok(())
+        }
+        Cmd::Reinforce { ids } => {
+            let r = Client::connect(&home)?.reinforce(ids)?;
+            println!("reinforced {} memories together", r.ids.len());
+            Ok(())
+        }
+        Cmd::Events { since, kind, limit, json } => {
+            let since = since
+                .map(|s| {
+                    humantime::parse_rfc3339_weak(&s)
+                        .map_err(|e| anyhow!("--since {s:?}: {e} (use e.g. 2026-11-28T09:00:00Z)"))
+                        .map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
+                })
+                .transpose()?;
+            let req = EventsRequest { since, kind: kind.map(Into::into), limit: Some(limit) };
+            let r = Client::connect(&home)?.events(req)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else if r.events.is_empty() {
+                println!("no events");
+            } else {
+                for e in &r.events {
+                    let kind = serde_json::to_value(e.kind)?;
+                    println!("{}  {:<10}  {}", date(e.at), kind.as_str().unwrap_or("?"), e.records.join(" "));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The text argument, or stdin for `-` or none.
+fn text_arg(text: Option<String>) -> Result<String> {
+    match text.as_deref() {
+        Some("-") | None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .take(iai_storer::proto::MAX_TEXT as u64 + 1)
+                .read_to_end(&mut buf)
+                .context("cannot read the memory from stdin")?;
+            String::from_utf8(buf).map_err(|_| anyhow!("the text on stdin is not valid UTF-8"))
+        }
+        Some(_) => Ok(text.unwrap_or_default()),
     }
 }
 
@@ -254,10 +316,7 @@ fn run(cmd: Cmd) -> Result<()> {
 fn printable(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_control()
-                || ('\u{202a}'..='\u{202e}').contains(&c)
-                || ('\u{2066}'..='\u{2069}').contains(&c)
-            {
+            if c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c) {
                 c.escape_unicode().to_string()
             } else {
                 c.to_string()
@@ -274,32 +333,24 @@ fn date(ms: i64) -> String {
 /// Creates `dir` with mode 0700, or checks an existing one is ours and not a link.
 fn ensure_private_dir(dir: &Path) -> Result<()> {
     match std::fs::symlink_metadata(dir) {
-        Ok(m) if m.file_type().is_symlink() => bail!(
-            "{} is a symbolic link; iai-mcp needs a real directory",
-            dir.display()
-        ),
+        Ok(m) if m.file_type().is_symlink() => {
+            bail!("{} is a symbolic link; iai-mcp needs a real directory", dir.display())
+        }
         Ok(m) if !m.is_dir() => bail!("{} exists and is not a directory", dir.display()),
         Ok(m) => {
             let me = nix::unistd::getuid().as_raw();
             if m.uid() != me {
-                bail!(
-                    "{} is owned by uid {}, not by you (uid {me})",
-                    dir.display(),
-                    m.uid()
-                );
+                bail!("{} is owned by uid {}, not by you (uid {me})", dir.display(), m.uid());
             }
             if m.mode() & 0o777 != 0o700 {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                    .with_context(|| {
-                        format!("cannot make {} private (chmod 700)", dir.display())
-                    })?;
+                    .with_context(|| format!("cannot make {} private (chmod 700)", dir.display()))?;
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("cannot create {}", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            DirBuilder::new().mode(0o700).create(dir).with_context(|| format!("cannot create {}", dir.display()))
+        }
         Err(e) => Err(e).with_context(|| format!("cannot inspect {}", dir.display())),
     }
 }
@@ -333,13 +384,8 @@ fn init(home: &Home, passphrase_fd: Option<i32>) -> Result<()> {
     f.write_all(&kf.to_bytes())
         .and_then(|()| f.sync_all())
         .with_context(|| format!("cannot write {}", key.display()))?;
-    std::fs::File::open(home.root())
-        .and_then(|d| d.sync_all())
-        .ok();
-    println!(
-        "initialised {}; run `iai-mcp unlock` to start",
-        home.root().display()
-    );
+    std::fs::File::open(home.root()).and_then(|d| d.sync_all()).ok();
+    println!("initialised {}; run `iai-mcp unlock` to start", home.root().display());
     Ok(())
 }
 
@@ -348,17 +394,11 @@ const UNLOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Result<()> {
     if std::fs::symlink_metadata(home.key()).is_err() {
-        bail!(
-            "{} is not initialised: run `iai-mcp init` first",
-            home.root().display()
-        );
+        bail!("{} is not initialised: run `iai-mcp init` first", home.root().display());
     }
     if let Ok(mut c) = Client::connect(home) {
         if let Ok(s) = c.stats() {
-            println!(
-                "iai-mcp is already unlocked (storer pid {}, {} memories)",
-                s.storer_pid, s.records
-            );
+            println!("iai-mcp is already unlocked (storer pid {}, {} memories)", s.storer_pid, s.records);
             return Ok(());
         }
     }
@@ -384,30 +424,19 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Resu
         .process_group(0)
         .spawn()
         .context("cannot start the keyholder")?;
-    let mut stdin = child
-        .stdin
-        .take()
-        .ok_or_else(|| anyhow!("keyholder stdin missing"))?;
+    let mut stdin = child.stdin.take().ok_or_else(|| anyhow!("keyholder stdin missing"))?;
     let wrote = stdin.write_all(pass.expose());
     drop(stdin);
     drop(pass);
     wrote.context("cannot hand the passphrase to the keyholder")?;
 
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("keyholder stdout missing"))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("keyholder stdout missing"))?;
     let line = read_line_with_timeout(stdout, UNLOCK_TIMEOUT)?;
     match line.as_deref().and_then(startup::parse) {
         Some(Startup::Ready { storer_pid }) => {
-            let stats = Client::connect(home)?
-                .stats()
-                .context("the storer started but does not answer")?;
+            let stats = Client::connect(home)?.stats().context("the storer started but does not answer")?;
             if stats.storer_pid != storer_pid {
-                bail!(
-                    "another storer answered on the socket (pid {}, expected {storer_pid})",
-                    stats.storer_pid
-                );
+                bail!("another storer answered on the socket (pid {}, expected {storer_pid})", stats.storer_pid);
             }
             println!(
                 "unlocked: {} memories (storer pid {}, keyholder pid {})",
@@ -432,25 +461,18 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Resu
         None => {
             let _ = child.kill();
             let _ = child.wait();
-            bail!(
-                "the daemon exited without saying why; see {}",
-                home.log_file().display()
-            )
+            bail!("the daemon exited without saying why; see {}", home.log_file().display())
         }
     }
 }
 
-fn read_line_with_timeout(
-    pipe: std::process::ChildStdout,
-    timeout: Duration,
-) -> Result<Option<String>> {
+fn read_line_with_timeout(pipe: std::process::ChildStdout, timeout: Duration) -> Result<Option<String>> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let deadline = Instant::now() + timeout;
     {
         let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
         let left = deadline.saturating_duration_since(Instant::now());
-        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-            .unwrap_or(PollTimeout::MAX);
+        let ms = PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX);
         if poll(&mut fds, ms)? == 0 {
             bail!("the daemon did not start within {} s", timeout.as_secs());
         }
@@ -479,18 +501,13 @@ fn lock(home: &Home) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!(
-        "asked the daemon to stop, but keyholder pid {} is still running",
-        stats.keyholder_pid
-    )
+    bail!("asked the daemon to stop, but keyholder pid {} is still running", stats.keyholder_pid)
 }
 
 /// True while `pid` exists and is not a zombie.
 fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
         Err(_) => false,
     }
 }
@@ -518,26 +535,13 @@ fn status(home: &Home, json: bool) -> Result<()> {
         None => println!("locked ({})", home.root().display()),
         Some(s) => {
             println!("unlocked ({})", home.root().display());
-            println!(
-                "  storer pid {}, keyholder pid {}",
-                s.storer_pid, s.keyholder_pid
-            );
-            let tiers: Vec<String> = s
-                .per_tier
-                .iter()
-                .map(|t| format!("{} {}", t.tier.name(), t.records))
-                .collect();
+            println!("  storer pid {}, keyholder pid {}", s.storer_pid, s.keyholder_pid);
+            let tiers: Vec<String> = s.per_tier.iter().map(|t| format!("{} {}", t.tier.name(), t.records)).collect();
             println!("  memories: {} ({})", s.records, tiers.join(", "));
             println!("  store size: {} bytes", s.store_bytes);
-            println!(
-                "  seals: {} of at most {} for this key",
-                s.seal_count, s.seal_limit
-            );
+            println!("  seals: {} of at most {} for this key", s.seal_count, s.seal_limit);
             if s.unreadable > 0 {
-                println!(
-                    "  WARNING: {} records did not authenticate and are not served",
-                    s.unreadable
-                );
+                println!("  WARNING: {} records did not authenticate and are not served", s.unreadable);
             }
             for d in &s.degraded {
                 println!("  WARNING: sandbox degraded: {d}");

@@ -37,8 +37,8 @@ pub fn obtain(fd: Option<i32>, new: bool) -> Result<Passphrase> {
 
 /// Reads the first line from descriptor `fd` (a pipe or file the caller opened).
 fn from_fd(fd: i32) -> Result<Passphrase> {
-    let file = crate::sys::dup_inherited(fd)
-        .with_context(|| format!("--passphrase-fd {fd}: descriptor is not open"))?;
+    let file =
+        crate::sys::dup_inherited(fd).with_context(|| format!("--passphrase-fd {fd}: descriptor is not open"))?;
     // Stop at the first newline: a pipe that stays open must not block us.
     let mut buf = Zeroizing::new(Vec::new());
     let mut chunk = Zeroizing::new([0u8; 256]);
@@ -70,11 +70,7 @@ fn prompt(new: bool) -> Result<Passphrase> {
             )
         })
     };
-    let first = ask(if new {
-        "New passphrase: "
-    } else {
-        "Passphrase: "
-    })?;
+    let first = ask(if new { "New passphrase: " } else { "Passphrase: " })?;
     if new {
         let second = ask("Repeat passphrase: ")?;
         if *first != *second {

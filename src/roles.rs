@@ -22,9 +22,7 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
         match a.to_str() {
             Some("--home") => home = args.next().map(PathBuf::from),
             Some("--keyholder-fd") => {
-                keyholder_fd = args
-                    .next()
-                    .and_then(|v| v.to_str().and_then(|s| s.parse().ok()));
+                keyholder_fd = args.next().and_then(|v| v.to_str().and_then(|s| s.parse().ok()));
                 if keyholder_fd.is_none() {
                     return Err("--keyholder-fd needs a number".into());
                 }
@@ -34,11 +32,7 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
         }
     }
     let home = Home::new(home.ok_or("--home is required")?).map_err(|e| e.to_string())?;
-    Ok(RoleArgs {
-        home,
-        keyholder_fd,
-        opts,
-    })
+    Ok(RoleArgs { home, keyholder_fd, opts })
 }
 
 /// Runs a daemon role if argv[1] names one; returns its exit code.

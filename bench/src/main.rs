@@ -30,10 +30,7 @@ fn main() {
         args.iter()
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
-            .map(|v| {
-                v.parse()
-                    .unwrap_or_else(|_| die(&format!("{name} needs a number")))
-            })
+            .map(|v| v.parse().unwrap_or_else(|_| die(&format!("{name} needs a number"))))
             .unwrap_or(default)
     };
     let json = args.iter().any(|a| a == "--json");
@@ -41,7 +38,9 @@ fn main() {
         Some("seal") => seal(flag("--iters", 20_000), json),
         Some("store") => store(flag("--records", 10_000), flag("--queries", 1_000), json),
         _ => {
-            eprintln!("usage: iai-bench seal [--iters N] [--json] | iai-bench store [--records N] [--queries Q] [--json]");
+            eprintln!(
+                "usage: iai-bench seal [--iters N] [--json] | iai-bench store [--records N] [--queries Q] [--json]"
+            );
             std::process::exit(2);
         }
     }
@@ -63,12 +62,7 @@ struct Summary {
 fn summarize(mut xs: Vec<Duration>) -> Summary {
     xs.sort();
     let at = |q: f64| xs[((xs.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
-    Summary {
-        p50: at(0.50),
-        p95: at(0.95),
-        p99: at(0.99),
-        n: xs.len(),
-    }
+    Summary { p50: at(0.50), p95: at(0.95), p99: at(0.99), n: xs.len() }
 }
 
 /// Seeded SplitMix64, so every run generates the same text.
@@ -184,18 +178,8 @@ fn seal(iters: usize, json: bool) {
         let ad = [0u8; 51];
         let t = Instant::now();
         for _ in 0..ops {
-            let ct = aead
-                .encrypt(
-                    Nonce::from_slice(&nonce),
-                    Payload {
-                        msg: &plain,
-                        aad: &ad,
-                    },
-                )
-                .expect("seal");
-            let pt = aead
-                .decrypt(Nonce::from_slice(&nonce), Payload { msg: &ct, aad: &ad })
-                .expect("open");
+            let ct = aead.encrypt(Nonce::from_slice(&nonce), Payload { msg: &plain, aad: &ad }).expect("seal");
+            let pt = aead.decrypt(Nonce::from_slice(&nonce), Payload { msg: &ct, aad: &ad }).expect("open");
             std::hint::black_box(pt);
         }
         let local = ops as f64 / t.elapsed().as_secs_f64();
@@ -203,26 +187,17 @@ fn seal(iters: usize, json: bool) {
         // The real keyholder serve loop at the far end of a real socketpair.
         let (mine, theirs) = UnixStream::pair().expect("socketpair");
         let sealer = Sealer::new(&dek, key_id);
-        let server =
-            std::thread::spawn(move || iai_keyholder::daemon::serve(theirs, sealer, false));
+        let server = std::thread::spawn(move || iai_keyholder::daemon::serve(theirs, sealer, false));
         let mut kh = KeyholderClient::hello(mine, None).expect("hello");
         let t = Instant::now();
         for _ in 0..ops / batch {
             let items = (0..batch)
-                .map(|_| SealItem {
-                    field: Field::RecordBody,
-                    row: RowId([5; 16]),
-                    plain: plain.clone(),
-                })
+                .map(|_| SealItem { field: Field::RecordBody, row: RowId([5; 16]), plain: plain.clone() })
                 .collect();
             let (blobs, _) = kh.seal(items).expect("seal");
             let items = blobs
                 .into_iter()
-                .map(|blob| UnsealItem {
-                    field: Field::RecordBody,
-                    row: RowId([5; 16]),
-                    blob,
-                })
+                .map(|blob| UnsealItem { field: Field::RecordBody, row: RowId([5; 16]), blob })
                 .collect();
             std::hint::black_box(kh.unseal(items).expect("unseal"));
         }
@@ -240,15 +215,9 @@ fn seal(iters: usize, json: bool) {
         return;
     }
     println!("seal+unseal round trips per second ({iters} ops per row)");
-    println!(
-        "{:>6} {:>6} {:>16} {:>16} {:>8}",
-        "bytes", "batch", "in-process/s", "socketpair/s", "ratio"
-    );
+    println!("{:>6} {:>6} {:>16} {:>16} {:>8}", "bytes", "batch", "in-process/s", "socketpair/s", "ratio");
     for (size, batch, local, remote) in rows {
-        println!(
-            "{size:>6} {batch:>6} {local:>16.0} {remote:>16.0} {:>7.1}x",
-            local / remote
-        );
+        println!("{size:>6} {batch:>6} {local:>16.0} {remote:>16.0} {:>7.1}x", local / remote);
     }
 }
 
@@ -256,10 +225,7 @@ fn iai_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let bin = exe.with_file_name("iai-mcp");
     if !bin.exists() {
-        die(&format!(
-            "{} not found: build it with `cargo build --release` first",
-            bin.display()
-        ));
+        die(&format!("{} not found: build it with `cargo build --release` first", bin.display()));
     }
     bin
 }
@@ -279,11 +245,7 @@ fn run(bin: &Path, home: &Path, args: &[&str], pass: bool) -> Duration {
         .spawn()
         .expect("spawn iai-mcp");
     if pass {
-        let _ = child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(format!("{PASS}\n").as_bytes());
+        let _ = child.stdin.take().expect("stdin").write_all(format!("{PASS}\n").as_bytes());
     }
     let status = child.wait().expect("wait");
     if !status.success() {
@@ -296,25 +258,14 @@ fn run(bin: &Path, home: &Path, args: &[&str], pass: bool) -> Duration {
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(str::to_owned)
-        })
-        .and_then(|l| {
-            l.split_whitespace()
-                .nth(1)
-                .and_then(|k| k.parse::<f64>().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
 fn store(records: usize, queries: usize, json: bool) {
     let bin = iai_bin();
-    let dir = tempfile::Builder::new()
-        .prefix("iai-bench")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
+    let dir = tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir");
     let home = dir.path().join("h");
     run(&bin, &home, &["init"], true);
     run(&bin, &home, &["unlock"], true);
@@ -327,19 +278,10 @@ fn store(records: usize, queries: usize, json: bool) {
     for i in 0..records {
         let text = memory_text(&mut rng, i);
         let t = Instant::now();
-        client
-            .capture(CaptureRequest {
-                text,
-                ..Default::default()
-            })
-            .expect("capture");
+        client.capture(CaptureRequest { text, ..Default::default() }).expect("capture");
         capture.push(t.elapsed());
         if !json && (i + 1) % 10_000 == 0 {
-            eprintln!(
-                "  captured {} of {records} ({:.0} s)",
-                i + 1,
-                started.elapsed().as_secs_f64()
-            );
+            eprintln!("  captured {} of {records} ({:.0} s)", i + 1, started.elapsed().as_secs_f64());
         }
     }
     let sustained = records as f64 / started.elapsed().as_secs_f64();
@@ -347,27 +289,14 @@ fn store(records: usize, queries: usize, json: bool) {
     let mut recall = Vec::with_capacity(queries);
     let mut hits = 0usize;
     for _ in 0..queries {
-        let cue = format!(
-            "{} {}",
-            VOCAB[rng.below(VOCAB.len())],
-            VOCAB[rng.below(VOCAB.len())]
-        );
+        let cue = format!("{} {}", VOCAB[rng.below(VOCAB.len())], VOCAB[rng.below(VOCAB.len())]);
         let t = Instant::now();
-        let r = client
-            .recall(RecallRequest {
-                cue,
-                limit: Some(10),
-                ..Default::default()
-            })
-            .expect("recall");
+        let r = client.recall(RecallRequest { cue, limit: Some(10), ..Default::default() }).expect("recall");
         recall.push(t.elapsed());
         hits += r.hits.len();
     }
     let stats = client.stats().expect("stats");
-    let (storer_rss, keyholder_rss) = (
-        peak_rss_mib(stats.storer_pid),
-        peak_rss_mib(stats.keyholder_pid),
-    );
+    let (storer_rss, keyholder_rss) = (peak_rss_mib(stats.storer_pid), peak_rss_mib(stats.keyholder_pid));
     drop(client);
     run(&bin, &home, &["lock"], false);
 
@@ -375,9 +304,7 @@ fn store(records: usize, queries: usize, json: bool) {
     let mut unlock = Vec::new();
     for _ in 0..3 {
         unlock.push(run(&bin, &home, &["unlock"], true));
-        let s = Client::connect(&ihome)
-            .and_then(|mut c| c.stats())
-            .expect("stats");
+        let s = Client::connect(&ihome).and_then(|mut c| c.stats()).expect("stats");
         assert_eq!(s.records as usize, records);
         run(&bin, &home, &["lock"], false);
     }
@@ -388,12 +315,7 @@ fn store(records: usize, queries: usize, json: bool) {
         kf.unwrap(&Passphrase::new(PASS.into())).expect("unwrap");
         argon.push(t.elapsed());
     }
-    let (c, r, u, a) = (
-        summarize(capture),
-        summarize(recall),
-        summarize(unlock),
-        summarize(argon),
-    );
+    let (c, r, u, a) = (summarize(capture), summarize(recall), summarize(unlock), summarize(argon));
     if json {
         let s = |x: &Summary| serde_json::json!({"p50_us": x.p50, "p95_us": x.p95, "p99_us": x.p99, "n": x.n});
         let v = serde_json::json!({
@@ -406,36 +328,15 @@ fn store(records: usize, queries: usize, json: bool) {
         return;
     }
     println!("store of {records} records (real keyholder + storer, durable captures)");
-    println!(
-        "{:<28} {:>10} {:>10} {:>10} {:>8}",
-        "", "p50", "p95", "p99", "n"
-    );
+    println!("{:<28} {:>10} {:>10} {:>10} {:>8}", "", "p50", "p95", "p99", "n");
     for (name, s) in [("capture latency (µs)", &c), ("recall latency (µs)", &r)] {
-        println!(
-            "{name:<28} {:>10.0} {:>10.0} {:>10.0} {:>8}",
-            s.p50, s.p95, s.p99, s.n
-        );
+        println!("{name:<28} {:>10.0} {:>10.0} {:>10.0} {:>8}", s.p50, s.p95, s.p99, s.n);
     }
-    for (name, s) in [
-        ("unlock to ready (ms)", &u),
-        ("  of which Argon2id (ms)", &a),
-    ] {
-        println!(
-            "{name:<28} {:>10.1} {:>10.1} {:>10.1} {:>8}",
-            s.p50 / 1e3,
-            s.p95 / 1e3,
-            s.p99 / 1e3,
-            s.n
-        );
+    for (name, s) in [("unlock to ready (ms)", &u), ("  of which Argon2id (ms)", &a)] {
+        println!("{name:<28} {:>10.1} {:>10.1} {:>10.1} {:>8}", s.p50 / 1e3, s.p95 / 1e3, s.p99 / 1e3, s.n);
     }
     println!("sustained captures/s         {sustained:>10.0}");
-    println!(
-        "unlock minus Argon2 (p50)    {:>10.1} ms",
-        (u.p50 - a.p50) / 1e3
-    );
+    println!("unlock minus Argon2 (p50)    {:>10.1} ms", (u.p50 - a.p50) / 1e3);
     println!("peak RSS storer / keyholder  {storer_rss:>10.1} / {keyholder_rss:.1} MiB");
-    println!(
-        "mean hits per recall         {:>10.1}",
-        hits as f64 / queries.max(1) as f64
-    );
+    println!("mean hits per recall         {:>10.1}", hits as f64 / queries.max(1) as f64);
 }

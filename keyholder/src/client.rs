@@ -4,9 +4,7 @@ use std::os::unix::net::UnixStream;
 
 use crate::keyfile::KeyId;
 use crate::seal::SealError;
-use crate::wire::{
-    read_frame, write_frame, Refusal, Request, Response, SealItem, UnsealItem, WireError, MAX_BATCH,
-};
+use crate::wire::{read_frame, write_frame, Refusal, Request, Response, SealItem, UnsealItem, WireError, MAX_BATCH};
 
 /// Bytes of payload per batch, well inside [`crate::wire::MAX_FRAME`].
 const BATCH_BYTES: usize = 8 << 20;
@@ -41,25 +39,11 @@ pub struct KeyholderClient {
 
 impl KeyholderClient {
     /// Says hello, handing back the sealed counter the storer kept.
-    pub fn hello(
-        mut stream: UnixStream,
-        counter: Option<Vec<u8>>,
-    ) -> Result<KeyholderClient, ClientError> {
+    pub fn hello(mut stream: UnixStream, counter: Option<Vec<u8>>) -> Result<KeyholderClient, ClientError> {
         match round_trip(&mut stream, &Request::Hello { counter })? {
-            Response::Hello {
-                key_id,
-                count,
-                limit,
-                degraded,
-            } => Ok(KeyholderClient {
-                stream,
-                info: KeyInfo {
-                    key_id,
-                    seal_count: count,
-                    seal_limit: limit,
-                    degraded,
-                },
-            }),
+            Response::Hello { key_id, count, limit, degraded } => {
+                Ok(KeyholderClient { stream, info: KeyInfo { key_id, seal_count: count, seal_limit: limit, degraded } })
+            }
             Response::Refused(r) => Err(ClientError::Refused(r)),
             _ => Err(ClientError::Unexpected),
         }
@@ -88,10 +72,7 @@ impl KeyholderClient {
         Ok((out, counter))
     }
 
-    pub fn unseal(
-        &mut self,
-        items: Vec<UnsealItem>,
-    ) -> Result<Vec<Result<Vec<u8>, SealError>>, ClientError> {
+    pub fn unseal(&mut self, items: Vec<UnsealItem>) -> Result<Vec<Result<Vec<u8>, SealError>>, ClientError> {
         let mut out = Vec::with_capacity(items.len());
         for chunk in chunks(items, |i| i.blob.len()) {
             let n = chunk.len();

@@ -28,10 +28,7 @@ struct Fail {
 }
 
 fn fail(stage: &'static str, message: impl Into<String>) -> Fail {
-    Fail {
-        stage,
-        message: message.into(),
-    }
+    Fail { stage, message: message.into() }
 }
 
 /// Runs the keyholder; returns the process exit code.
@@ -53,36 +50,26 @@ fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool), Fail>
     let pass = read_passphrase()?;
     let keyfile = load_keyfile(home)?;
     let dek = keyfile.unwrap(&pass).map_err(|e| match e {
-        KeyFileError::WrongPassphrase => fail(
-            "passphrase",
-            "wrong passphrase (or the key file was modified)",
-        ),
+        KeyFileError::WrongPassphrase => fail("passphrase", "wrong passphrase (or the key file was modified)"),
         other => fail("key", other.to_string()),
     })?;
     drop(pass);
     let sealer = Sealer::new(&dek, keyfile.key_id());
     drop(dek);
     for (ptr, len) in sealer.secret_regions() {
-        crate::sys::pin_secret(ptr, len)
-            .map_err(|e| fail("sandbox", format!("could not lock the key in memory (mlock: {e}); raise the memlock limit (ulimit -l)")))?;
+        crate::sys::pin_secret(ptr, len).map_err(|e| {
+            fail(
+                "sandbox",
+                format!("could not lock the key in memory (mlock: {e}); raise the memlock limit (ulimit -l)"),
+            )
+        })?;
     }
 
-    let (mine, theirs) = socketpair(
-        AddressFamily::Unix,
-        SockType::Stream,
-        None,
-        SockFlag::SOCK_CLOEXEC,
-    )
-    .map_err(|e| fail("storer", format!("socketpair: {e}")))?;
-    fcntl(&theirs, FcntlArg::F_SETFD(FdFlag::empty()))
-        .map_err(|e| fail("storer", format!("fcntl: {e}")))?;
+    let (mine, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+        .map_err(|e| fail("storer", format!("socketpair: {e}")))?;
+    fcntl(&theirs, FcntlArg::F_SETFD(FdFlag::empty())).map_err(|e| fail("storer", format!("fcntl: {e}")))?;
     let mut storer = Command::new("/proc/self/exe");
-    storer
-        .arg("__storer")
-        .arg("--home")
-        .arg(home.root())
-        .arg("--keyholder-fd")
-        .arg(theirs.as_raw_fd().to_string());
+    storer.arg("__storer").arg("--home").arg(home.root()).arg("--keyholder-fd").arg(theirs.as_raw_fd().to_string());
     if opts.allow_degraded {
         storer.arg("--allow-degraded-sandbox");
     }
@@ -115,10 +102,7 @@ fn read_passphrase() -> Result<Passphrase, Fail> {
         .map_err(|e| fail("passphrase", format!("could not read the passphrase: {e}")))?;
     let pass = Passphrase::new(buf);
     if pass.expose().len() > MAX_PASSPHRASE_BYTES {
-        return Err(fail(
-            "passphrase",
-            format!("the passphrase is longer than {MAX_PASSPHRASE_BYTES} bytes"),
-        ));
+        return Err(fail("passphrase", format!("the passphrase is longer than {MAX_PASSPHRASE_BYTES} bytes")));
     }
     Ok(pass)
 }
@@ -127,44 +111,49 @@ fn read_passphrase() -> Result<Passphrase, Fail> {
 fn load_keyfile(home: &Home) -> Result<KeyFile, Fail> {
     let path = home.key();
     let shown = path.display();
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc_o_nofollow())
-        .open(&path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(nix::libc::ELOOP) => fail(
-                "key",
-                format!("refusing to use {shown}: it is a symbolic link; replace it with the regular file it points to"),
-            ),
-            Some(nix::libc::ENOENT) => fail("key", format!("no key file at {shown}; run `iai-mcp init` first")),
-            _ => fail("key", format!("cannot open {shown}: {e}")),
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc_o_nofollow()).open(&path).map_err(|e| {
+            match e.raw_os_error() {
+                Some(nix::libc::ELOOP) => fail(
+                    "key",
+                    format!(
+                        "refusing to use {shown}: it is a symbolic link; replace it with the regular file it points to"
+                    ),
+                ),
+                Some(nix::libc::ENOENT) => fail("key", format!("no key file at {shown}; run `iai-mcp init` first")),
+                _ => fail("key", format!("cannot open {shown}: {e}")),
+            }
         })?;
-    let meta = file
-        .metadata()
-        .map_err(|e| fail("key", format!("cannot stat {shown}: {e}")))?;
+    let meta = file.metadata().map_err(|e| fail("key", format!("cannot stat {shown}: {e}")))?;
     let uid = nix::unistd::getuid().as_raw();
     if !meta.file_type().is_file() {
-        return Err(fail(
-            "key",
-            format!("refusing to use {shown}: it is not a regular file"),
-        ));
+        return Err(fail("key", format!("refusing to use {shown}: it is not a regular file")));
     }
     if meta.uid() != uid {
         return Err(fail(
             "key",
-            format!("refusing to use {shown}: it is owned by uid {}, not by you (uid {uid}); fix with: chown {uid} {shown}", meta.uid()),
+            format!(
+                "refusing to use {shown}: it is owned by uid {}, not by you (uid {uid}); fix with: chown {uid} {shown}",
+                meta.uid()
+            ),
         ));
     }
     if meta.mode() & 0o7777 != 0o600 {
         return Err(fail(
             "key",
-            format!("refusing to use {shown}: its mode is {:04o}, it must be 0600; fix with: chmod 600 {shown}", meta.mode() & 0o7777),
+            format!(
+                "refusing to use {shown}: its mode is {:04o}, it must be 0600; fix with: chmod 600 {shown}",
+                meta.mode() & 0o7777
+            ),
         ));
     }
     if meta.nlink() != 1 {
         return Err(fail(
             "key",
-            format!("refusing to use {shown}: it has {} hard links; remove the other names so only {shown} remains", meta.nlink()),
+            format!(
+                "refusing to use {shown}: it has {} hard links; remove the other names so only {shown} remains",
+                meta.nlink()
+            ),
         ));
     }
     let mut bytes = Vec::with_capacity(KEYFILE_LEN + 1);
@@ -217,12 +206,7 @@ fn handle(sealer: &mut Sealer, greeted: &mut bool, degraded: bool, request: Requ
                 }
             }
             *greeted = true;
-            Response::Hello {
-                key_id: sealer.key_id(),
-                count: sealer.count(),
-                limit: sealer.limit(),
-                degraded,
-            }
+            Response::Hello { key_id: sealer.key_id(), count: sealer.count(), limit: sealer.limit(), degraded }
         }
         _ if !*greeted => refuse(Refusal::HelloFirst),
         Request::Seal(items) => {
@@ -238,12 +222,9 @@ fn handle(sealer: &mut Sealer, greeted: &mut bool, degraded: bool, request: Requ
                 Err(e) => refuse(seal_refusal(e)),
             }
         }
-        Request::Unseal(items) => Response::Unsealed(
-            items
-                .iter()
-                .map(|i| sealer.unseal(i.field, i.row, &i.blob))
-                .collect(),
-        ),
+        Request::Unseal(items) => {
+            Response::Unsealed(items.iter().map(|i| sealer.unseal(i.field, i.row, &i.blob)).collect())
+        }
         Request::Tag(items) => Response::Tagged(items.iter().map(|i| sealer.tag(i)).collect()),
         Request::Unknown(_) => refuse(Refusal::UnknownRequest),
     }
@@ -290,56 +271,28 @@ mod tests {
         let mut s = sealer();
         let mut greeted = false;
         assert_eq!(
-            refused(handle(
-                &mut s,
-                &mut greeted,
-                false,
-                Request::Tag(vec![b"x".to_vec()])
-            )),
+            refused(handle(&mut s, &mut greeted, false, Request::Tag(vec![b"x".to_vec()]))),
             Some(Refusal::HelloFirst)
         );
-        let forged = Request::Hello {
-            counter: Some(vec![1; 60]),
-        };
-        assert_eq!(
-            refused(handle(&mut s, &mut greeted, false, forged)),
-            Some(Refusal::BadCounter)
-        );
+        let forged = Request::Hello { counter: Some(vec![1; 60]) };
+        assert_eq!(refused(handle(&mut s, &mut greeted, false, forged)), Some(Refusal::BadCounter));
         assert!(matches!(
-            handle(
-                &mut s,
-                &mut greeted,
-                false,
-                Request::Hello { counter: None }
-            ),
+            handle(&mut s, &mut greeted, false, Request::Hello { counter: None }),
             Response::Hello { .. }
         ));
         assert_eq!(
-            refused(handle(
-                &mut s,
-                &mut greeted,
-                false,
-                Request::Hello { counter: None }
-            )),
+            refused(handle(&mut s, &mut greeted, false, Request::Hello { counter: None })),
             Some(Refusal::HelloTwice)
         );
-        assert_eq!(
-            refused(handle(&mut s, &mut greeted, false, Request::Unknown(0x42))),
-            Some(Refusal::UnknownRequest)
-        );
-        let seal = Request::Seal(vec![SealItem {
-            field: Field::RecordBody,
-            row: RowId([2; 16]),
-            plain: b"p".to_vec(),
-        }]);
+        assert_eq!(refused(handle(&mut s, &mut greeted, false, Request::Unknown(0x42))), Some(Refusal::UnknownRequest));
+        let seal =
+            Request::Seal(vec![SealItem { field: Field::RecordBody, row: RowId([2; 16]), plain: b"p".to_vec() }]);
         match handle(&mut s, &mut greeted, false, seal) {
             Response::Sealed { counter, blobs } => {
                 assert_eq!(blobs.len(), 1);
                 // The counter it hands out restores in a fresh keyholder.
                 let mut fresh = sealer();
-                fresh
-                    .restore_counter(&counter)
-                    .expect("counter authenticates");
+                fresh.restore_counter(&counter).expect("counter authenticates");
                 assert_eq!(fresh.count(), 2);
             }
             _ => panic!("seal refused"),
@@ -350,28 +303,11 @@ mod tests {
     fn seal_limit_refuses_the_batch() {
         let mut s = sealer().with_limit(2);
         let mut greeted = false;
-        handle(
-            &mut s,
-            &mut greeted,
-            false,
-            Request::Hello { counter: None },
-        );
-        let item = || SealItem {
-            field: Field::RecordBody,
-            row: RowId([2; 16]),
-            plain: b"p".to_vec(),
-        };
-        assert!(matches!(
-            handle(&mut s, &mut greeted, false, Request::Seal(vec![item()])),
-            Response::Sealed { .. }
-        ));
+        handle(&mut s, &mut greeted, false, Request::Hello { counter: None });
+        let item = || SealItem { field: Field::RecordBody, row: RowId([2; 16]), plain: b"p".to_vec() };
+        assert!(matches!(handle(&mut s, &mut greeted, false, Request::Seal(vec![item()])), Response::Sealed { .. }));
         assert_eq!(
-            refused(handle(
-                &mut s,
-                &mut greeted,
-                false,
-                Request::Seal(vec![item()])
-            )),
+            refused(handle(&mut s, &mut greeted, false, Request::Seal(vec![item()]))),
             Some(Refusal::LimitReached)
         );
     }

@@ -65,18 +65,12 @@ pub const MAX_P: u32 = 16;
 
 impl KdfParams {
     /// RFC 9106's second recommended option: 64 MiB, 3 passes, 4 lanes.
-    pub const DEFAULT: KdfParams = KdfParams {
-        m_kib: 64 * 1024,
-        t: 3,
-        p: 4,
-    };
+    pub const DEFAULT: KdfParams = KdfParams { m_kib: 64 * 1024, t: 3, p: 4 };
 
     pub fn new(m_kib: u32, t: u32, p: u32) -> Result<Self, KeyFileError> {
         let hostile = |why: String| Err(KeyFileError::HostileKdf(why));
         if !(MIN_M_KIB..=MAX_M_KIB).contains(&m_kib) {
-            return hostile(format!(
-                "memory {m_kib} KiB is outside {MIN_M_KIB}..={MAX_M_KIB} KiB"
-            ));
+            return hostile(format!("memory {m_kib} KiB is outside {MIN_M_KIB}..={MAX_M_KIB} KiB"));
         }
         if !(1..=MAX_T).contains(&t) {
             return hostile(format!("{t} passes is outside 1..={MAX_T}"));
@@ -162,22 +156,12 @@ pub enum KeyFileError {
     PassphraseTooShort,
 }
 
-fn derive_kek(
-    pass: &Passphrase,
-    params: &KdfParams,
-    salt: &[u8; 32],
-) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+fn derive_kek(pass: &Passphrase, params: &KdfParams, salt: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
     let argon_params = argon2::Params::new(params.m_kib, params.t, params.p, Some(32))
         .map_err(|e| KeyFileError::HostileKdf(e.to_string()))?;
-    let argon = argon2::Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        argon_params,
-    );
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, argon_params);
     let mut kek = Zeroizing::new([0u8; 32]);
-    argon
-        .hash_password_into(pass.expose(), salt, kek.as_mut())
-        .map_err(|e| KeyFileError::HostileKdf(e.to_string()))?;
+    argon.hash_password_into(pass.expose(), salt, kek.as_mut()).map_err(|e| KeyFileError::HostileKdf(e.to_string()))?;
     Ok(kek)
 }
 
@@ -207,24 +191,12 @@ impl KeyFile {
     ) -> Result<KeyFile, KeyFileError> {
         let mut nonce = [0u8; 12];
         getrandom::getrandom(&mut nonce).map_err(|_| KeyFileError::Random)?;
-        let mut kf = KeyFile {
-            params,
-            salt,
-            key_id,
-            nonce,
-            wrapped: [0u8; 48],
-        };
+        let mut kf = KeyFile { params, salt, key_id, nonce, wrapped: [0u8; 48] };
         let kek = derive_kek(pass, &params, &salt)?;
         let aead = Aes256Gcm::new_from_slice(kek.as_ref()).map_err(|_| KeyFileError::Random)?;
         let header = kf.header();
         let ct = aead
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: dek.expose(),
-                    aad: &header,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: dek.expose(), aad: &header })
             .map_err(|_| KeyFileError::Random)?;
         kf.wrapped.copy_from_slice(&ct);
         Ok(kf)
@@ -234,18 +206,11 @@ impl KeyFile {
     /// before this returns.
     pub fn unwrap(&self, pass: &Passphrase) -> Result<Dek, KeyFileError> {
         let kek = derive_kek(pass, &self.params, &self.salt)?;
-        let aead =
-            Aes256Gcm::new_from_slice(kek.as_ref()).map_err(|_| KeyFileError::WrongPassphrase)?;
+        let aead = Aes256Gcm::new_from_slice(kek.as_ref()).map_err(|_| KeyFileError::WrongPassphrase)?;
         let header = self.header();
         let plain = Zeroizing::new(
-            aead.decrypt(
-                Nonce::from_slice(&self.nonce),
-                Payload {
-                    msg: &self.wrapped,
-                    aad: &header,
-                },
-            )
-            .map_err(|_| KeyFileError::WrongPassphrase)?,
+            aead.decrypt(Nonce::from_slice(&self.nonce), Payload { msg: &self.wrapped, aad: &header })
+                .map_err(|_| KeyFileError::WrongPassphrase)?,
         );
         let mut key = SecretBox::new(Box::new([0u8; 32]));
         secrecy::ExposeSecretMut::expose_secret_mut(&mut key).copy_from_slice(&plain);
@@ -306,21 +271,11 @@ impl KeyFile {
             return Err(KeyFileError::UnknownKdf(bytes[10]));
         }
         if bytes[11] != 0 {
-            return Err(KeyFileError::HostileKdf(format!(
-                "reserved byte is {}",
-                bytes[11]
-            )));
+            return Err(KeyFileError::HostileKdf(format!("reserved byte is {}", bytes[11])));
         }
-        let u32_at =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let params = KdfParams::new(u32_at(12), u32_at(16), u32_at(20))?;
-        let mut kf = KeyFile {
-            params,
-            salt: [0; 32],
-            key_id: KeyId([0; 16]),
-            nonce: [0; 12],
-            wrapped: [0; 48],
-        };
+        let mut kf = KeyFile { params, salt: [0; 32], key_id: KeyId([0; 16]), nonce: [0; 12], wrapped: [0; 48] };
         kf.salt.copy_from_slice(&bytes[24..56]);
         kf.key_id.0.copy_from_slice(&bytes[56..72]);
         kf.nonce.copy_from_slice(&bytes[72..84]);
@@ -347,25 +302,13 @@ mod tests {
         let (kf, dek) = KeyFile::create(&pass("correct horse"), fast()).expect("create");
         let parsed = KeyFile::parse(&kf.to_bytes()).expect("parse");
         assert_eq!(parsed, kf);
-        assert_eq!(
-            parsed
-                .unwrap(&pass("correct horse"))
-                .expect("unwrap")
-                .expose(),
-            dek.expose()
-        );
-        assert!(matches!(
-            parsed.unwrap(&pass("correct horsf")),
-            Err(KeyFileError::WrongPassphrase)
-        ));
+        assert_eq!(parsed.unwrap(&pass("correct horse")).expect("unwrap").expose(), dek.expose());
+        assert!(matches!(parsed.unwrap(&pass("correct horsf")), Err(KeyFileError::WrongPassphrase)));
     }
 
     #[test]
     fn short_passphrases_are_refused_by_characters_not_bytes() {
-        assert_eq!(
-            KeyFile::create(&pass("1234567"), fast()).err(),
-            Some(KeyFileError::PassphraseTooShort)
-        );
+        assert_eq!(KeyFile::create(&pass("1234567"), fast()).err(), Some(KeyFileError::PassphraseTooShort));
         // Eight characters, sixteen bytes.
         assert!(KeyFile::create(&pass("пароль12"), fast()).is_ok());
     }
@@ -376,10 +319,7 @@ mod tests {
         let mut bytes = kf.to_bytes();
         bytes[16] = 2; // t_cost 1 -> 2, still legal
         let edited = KeyFile::parse(&bytes).expect("still parses");
-        assert_eq!(
-            edited.unwrap(&pass("correct horse")).err(),
-            Some(KeyFileError::WrongPassphrase)
-        );
+        assert_eq!(edited.unwrap(&pass("correct horse")).err(), Some(KeyFileError::WrongPassphrase));
     }
 
     #[test]

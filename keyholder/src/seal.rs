@@ -96,17 +96,8 @@ impl Sealer {
         let mut tag_key = SecretBox::new(Box::new([0u8; 32]));
         let hk = hkdf::Hkdf::<Sha256>::new(Some(&key_id.0), dek.expose());
         // Expanding 32 bytes from SHA-256 HKDF cannot fail (limit is 255 * 32).
-        let _ = hk.expand(
-            b"iai-mcp duplicate tag v1",
-            secrecy::ExposeSecretMut::expose_secret_mut(&mut tag_key),
-        );
-        Sealer {
-            key_id,
-            aead,
-            tag_key,
-            count: 0,
-            limit: SEAL_LIMIT,
-        }
+        let _ = hk.expand(b"iai-mcp duplicate tag v1", secrecy::ExposeSecretMut::expose_secret_mut(&mut tag_key));
+        Sealer { key_id, aead, tag_key, count: 0, limit: SEAL_LIMIT }
     }
 
     pub fn key_id(&self) -> KeyId {
@@ -127,10 +118,7 @@ impl Sealer {
     /// Addresses of the secret state, so the caller can lock them in RAM.
     pub fn secret_regions(&self) -> [(*const u8, usize); 2] {
         [
-            (
-                std::ptr::from_ref::<Aes256Gcm>(&self.aead).cast::<u8>(),
-                std::mem::size_of::<Aes256Gcm>(),
-            ),
+            (std::ptr::from_ref::<Aes256Gcm>(&self.aead).cast::<u8>(), std::mem::size_of::<Aes256Gcm>()),
             (self.tag_key.expose_secret().as_ptr(), 32),
         ]
     }
@@ -156,13 +144,7 @@ impl Sealer {
         let ad = self.ad(place, row);
         let ct = self
             .aead
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: &ad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plain, aad: &ad })
             .map_err(|_| SealError::Random)?;
         let mut blob = Vec::with_capacity(BLOB_OVERHEAD + plain.len());
         blob.push(BLOB_VERSION);
@@ -187,13 +169,7 @@ impl Sealer {
         }
         let ad = self.ad(place, row);
         self.aead
-            .decrypt(
-                Nonce::from_slice(&blob[17..29]),
-                Payload {
-                    msg: &blob[29..],
-                    aad: &ad,
-                },
-            )
+            .decrypt(Nonce::from_slice(&blob[17..29]), Payload { msg: &blob[29..], aad: &ad })
             .map_err(|_| SealError::BadTag)
     }
 
@@ -208,8 +184,8 @@ impl Sealer {
     /// HMAC-SHA256 under the tag subkey: equal inputs give equal tags, and
     /// nothing about the input can be learned without the key.
     pub fn tag(&self, data: &[u8]) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.tag_key.expose_secret())
-            .expect("HMAC accepts any key length");
+        let mut mac =
+            <Hmac<Sha256> as Mac>::new_from_slice(self.tag_key.expose_secret()).expect("HMAC accepts any key length");
         mac.update(data);
         mac.finalize().into_bytes().into()
     }
@@ -224,10 +200,7 @@ impl Sealer {
     /// Resumes counting from a blob made by [`Sealer::counter_blob`].
     pub fn restore_counter(&mut self, blob: &[u8]) -> Result<(), SealError> {
         let plain = self.unseal_at(COUNTER_TABLE_COLUMN, RowId([0; 16]), blob)?;
-        let bytes: [u8; 8] = plain
-            .as_slice()
-            .try_into()
-            .map_err(|_| SealError::Truncated)?;
+        let bytes: [u8; 8] = plain.as_slice().try_into().map_err(|_| SealError::Truncated)?;
         self.count = self.count.max(u64::from_le_bytes(bytes));
         Ok(())
     }
@@ -246,48 +219,22 @@ mod tests {
     fn seal_unseal_round_trip_and_binding() {
         let mut s = sealer();
         let row = RowId([1; 16]);
-        let blob = s
-            .seal(Field::RecordBody, row, "héllo 世界".as_bytes())
-            .expect("seal");
-        assert_eq!(
-            s.unseal(Field::RecordBody, row, &blob).expect("unseal"),
-            "héllo 世界".as_bytes()
-        );
-        assert_eq!(
-            s.unseal(Field::RecordBody, RowId([2; 16]), &blob),
-            Err(SealError::BadTag)
-        );
-        assert_eq!(
-            s.unseal(Field::EventDetail, row, &blob),
-            Err(SealError::BadTag)
-        );
+        let blob = s.seal(Field::RecordBody, row, "héllo 世界".as_bytes()).expect("seal");
+        assert_eq!(s.unseal(Field::RecordBody, row, &blob).expect("unseal"), "héllo 世界".as_bytes());
+        assert_eq!(s.unseal(Field::RecordBody, RowId([2; 16]), &blob), Err(SealError::BadTag));
+        assert_eq!(s.unseal(Field::EventDetail, row, &blob), Err(SealError::BadTag));
         let mut flipped = blob.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
-        assert_eq!(
-            s.unseal(Field::RecordBody, row, &flipped),
-            Err(SealError::BadTag)
-        );
-        assert_eq!(
-            s.unseal(Field::RecordBody, row, &blob[..BLOB_OVERHEAD - 1]),
-            Err(SealError::Truncated)
-        );
-        assert_eq!(
-            s.unseal(Field::RecordBody, row, &[]),
-            Err(SealError::Truncated)
-        );
+        assert_eq!(s.unseal(Field::RecordBody, row, &flipped), Err(SealError::BadTag));
+        assert_eq!(s.unseal(Field::RecordBody, row, &blob[..BLOB_OVERHEAD - 1]), Err(SealError::Truncated));
+        assert_eq!(s.unseal(Field::RecordBody, row, &[]), Err(SealError::Truncated));
         let mut v2 = blob.clone();
         v2[0] = 2;
-        assert_eq!(
-            s.unseal(Field::RecordBody, row, &v2),
-            Err(SealError::UnknownVersion(2))
-        );
+        assert_eq!(s.unseal(Field::RecordBody, row, &v2), Err(SealError::UnknownVersion(2)));
         let mut other_key = blob;
         other_key[1] ^= 1;
-        assert_eq!(
-            s.unseal(Field::RecordBody, row, &other_key),
-            Err(SealError::WrongKey)
-        );
+        assert_eq!(s.unseal(Field::RecordBody, row, &other_key), Err(SealError::WrongKey));
     }
 
     #[test]
@@ -297,22 +244,14 @@ mod tests {
         s.seal(Field::RecordBody, RowId([0; 16]), b"a").expect("1");
         let counter = s.counter_blob().expect("2");
         s.seal(Field::RecordBody, RowId([0; 16]), b"b").expect("3");
-        assert_eq!(
-            s.seal(Field::RecordBody, RowId([0; 16]), b"c"),
-            Err(SealError::LimitReached)
-        );
+        assert_eq!(s.seal(Field::RecordBody, RowId([0; 16]), b"c"), Err(SealError::LimitReached));
 
         let mut resumed = Sealer::new(&dek, KeyId([7; 16])).with_limit(3);
         resumed.restore_counter(&counter).expect("restore");
         assert_eq!(resumed.count(), 2);
         // A counter blob cannot be passed off as a record, nor a record as a counter.
-        assert_eq!(
-            resumed.unseal(Field::MetaValue, RowId([0; 16]), &counter),
-            Err(SealError::BadTag)
-        );
-        let rec = resumed
-            .seal(Field::MetaValue, RowId([0; 16]), &5u64.to_le_bytes())
-            .expect("seal");
+        assert_eq!(resumed.unseal(Field::MetaValue, RowId([0; 16]), &counter), Err(SealError::BadTag));
+        let rec = resumed.seal(Field::MetaValue, RowId([0; 16]), &5u64.to_le_bytes()).expect("seal");
         assert_eq!(resumed.restore_counter(&rec), Err(SealError::BadTag));
     }
 

@@ -201,9 +201,7 @@ struct Reader<'a> {
 impl<'a> Reader<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
         if n > self.buf.len() {
-            return Err(WireError::Malformed(
-                "length runs past the end of the frame",
-            ));
+            return Err(WireError::Malformed("length runs past the end of the frame"));
         }
         let (head, tail) = self.buf.split_at(n);
         self.buf = tail;
@@ -238,9 +236,7 @@ impl<'a> Reader<'a> {
             return Err(WireError::BatchTooLarge(n));
         }
         if n.saturating_mul(min_item) > self.buf.len() {
-            return Err(WireError::Malformed(
-                "batch count runs past the end of the frame",
-            ));
+            return Err(WireError::Malformed("batch count runs past the end of the frame"));
         }
         Ok(n)
     }
@@ -340,20 +336,14 @@ impl Request {
         let req = match k {
             kind::HELLO => match r.u8()? {
                 0 => Request::Hello { counter: None },
-                1 => Request::Hello {
-                    counter: Some(r.bytes()?),
-                },
+                1 => Request::Hello { counter: Some(r.bytes()?) },
                 _ => return Err(WireError::Malformed("bad hello flag")),
             },
             kind::SEAL => {
                 let n = r.count(1 + 16 + 4)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
-                    items.push(SealItem {
-                        field: r.field()?,
-                        row: RowId(r.array()?),
-                        plain: r.bytes()?,
-                    });
+                    items.push(SealItem { field: r.field()?, row: RowId(r.array()?), plain: r.bytes()? });
                 }
                 Request::Seal(items)
             }
@@ -361,11 +351,7 @@ impl Request {
                 let n = r.count(1 + 16 + 4)?;
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
-                    items.push(UnsealItem {
-                        field: r.field()?,
-                        row: RowId(r.array()?),
-                        blob: r.bytes()?,
-                    });
+                    items.push(UnsealItem { field: r.field()?, row: RowId(r.array()?), blob: r.bytes()? });
                 }
                 Request::Unseal(items)
             }
@@ -387,12 +373,7 @@ impl Request {
 impl Response {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Response::Hello {
-                key_id,
-                count,
-                limit,
-                degraded,
-            } => {
+            Response::Hello { key_id, count, limit, degraded } => {
                 let mut w = Writer::new(kind::HELLO_OK);
                 w.raw(&key_id.0);
                 w.u64(*count);
@@ -446,12 +427,9 @@ impl Response {
     pub fn decode(body: &[u8]) -> Result<Response, WireError> {
         let (k, mut r) = open(body)?;
         let resp = match k {
-            kind::HELLO_OK => Response::Hello {
-                key_id: KeyId(r.array()?),
-                count: r.u64()?,
-                limit: r.u64()?,
-                degraded: r.u8()? != 0,
-            },
+            kind::HELLO_OK => {
+                Response::Hello { key_id: KeyId(r.array()?), count: r.u64()?, limit: r.u64()?, degraded: r.u8()? != 0 }
+            }
             kind::SEALED => {
                 let counter = r.bytes()?;
                 let n = r.count(4)?;
@@ -466,11 +444,7 @@ impl Response {
                 let mut items = Vec::with_capacity(n);
                 for _ in 0..n {
                     let code = r.u8()?;
-                    items.push(if code == 0 {
-                        Ok(r.bytes()?)
-                    } else {
-                        Err(seal_error_from(code, r.u8()?)?)
-                    });
+                    items.push(if code == 0 { Ok(r.bytes()?) } else { Err(seal_error_from(code, r.u8()?)?) });
                 }
                 Response::Unsealed(items)
             }
@@ -496,11 +470,8 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        let req = Request::Seal(vec![SealItem {
-            field: Field::RecordBody,
-            row: RowId([3; 16]),
-            plain: b"abc".to_vec(),
-        }]);
+        let req =
+            Request::Seal(vec![SealItem { field: Field::RecordBody, row: RowId([3; 16]), plain: b"abc".to_vec() }]);
         match Request::decode(&req.encode()).expect("decodes") {
             Request::Seal(items) => {
                 assert_eq!(items.len(), 1);
@@ -516,45 +487,24 @@ mod tests {
         // A batch count that promises more items than the frame holds.
         let mut body = vec![WIRE_VERSION, kind::TAG];
         body.extend_from_slice(&(MAX_BATCH as u32).to_le_bytes());
-        assert!(matches!(
-            Request::decode(&body),
-            Err(WireError::Malformed(_))
-        ));
+        assert!(matches!(Request::decode(&body), Err(WireError::Malformed(_))));
         body[2..6].copy_from_slice(&(u32::MAX).to_le_bytes());
-        assert!(matches!(
-            Request::decode(&body),
-            Err(WireError::BatchTooLarge(_))
-        ));
+        assert!(matches!(Request::decode(&body), Err(WireError::BatchTooLarge(_))));
         // A length that runs past the end.
         let mut body = vec![WIRE_VERSION, kind::TAG, 1, 0, 0, 0];
         body.extend_from_slice(&1000u32.to_le_bytes());
-        assert!(matches!(
-            Request::decode(&body),
-            Err(WireError::Malformed(_))
-        ));
-        assert!(matches!(
-            Request::decode(&[9, kind::TAG]),
-            Err(WireError::Version(9))
-        ));
+        assert!(matches!(Request::decode(&body), Err(WireError::Malformed(_))));
+        assert!(matches!(Request::decode(&[9, kind::TAG]), Err(WireError::Version(9))));
         assert!(matches!(Request::decode(&[]), Err(WireError::Malformed(_))));
-        assert!(matches!(
-            Request::decode(&[WIRE_VERSION, 0x42]),
-            Ok(Request::Unknown(0x42))
-        ));
+        assert!(matches!(Request::decode(&[WIRE_VERSION, 0x42]), Ok(Request::Unknown(0x42))));
         // Trailing garbage.
         let mut hello = Request::Hello { counter: None }.encode();
         hello.push(0);
-        assert!(matches!(
-            Request::decode(&hello),
-            Err(WireError::Malformed(_))
-        ));
+        assert!(matches!(Request::decode(&hello), Err(WireError::Malformed(_))));
         // Every prefix of a valid frame fails cleanly.
-        let full = Request::Unseal(vec![UnsealItem {
-            field: Field::MetaValue,
-            row: RowId([1; 16]),
-            blob: vec![1; 50],
-        }])
-        .encode();
+        let full =
+            Request::Unseal(vec![UnsealItem { field: Field::MetaValue, row: RowId([1; 16]), blob: vec![1; 50] }])
+                .encode();
         for cut in 0..full.len() {
             assert!(Request::decode(&full[..cut]).is_err());
         }
@@ -563,16 +513,10 @@ mod tests {
     #[test]
     fn oversized_length_prefix_is_refused_before_allocation() {
         let mut stream: &[u8] = &(u32::MAX).to_le_bytes();
-        assert!(matches!(
-            read_frame(&mut stream),
-            Err(WireError::FrameTooLarge(_))
-        ));
+        assert!(matches!(read_frame(&mut stream), Err(WireError::FrameTooLarge(_))));
         let mut empty: &[u8] = &[];
         assert!(matches!(read_frame(&mut empty), Ok(None)));
         let mut partial: &[u8] = &[1, 0];
-        assert!(matches!(
-            read_frame(&mut partial),
-            Err(WireError::Malformed(_))
-        ));
+        assert!(matches!(read_frame(&mut partial), Err(WireError::Malformed(_))));
     }
 }

@@ -6,17 +6,13 @@
 
 use std::path::PathBuf;
 
-use iai_keyholder::{
-    Dek, Field, KdfParams, KeyFile, KeyFileError, KeyId, Passphrase, RowId, SealError, Sealer,
-};
+use iai_keyholder::{Dek, Field, KdfParams, KeyFile, KeyFileError, KeyId, Passphrase, RowId, SealError, Sealer};
 
 const PASS: &str = "vector passphrase 1";
 const PLAIN: &str = "known answer: sealed text ✓ 東京";
 
 fn dir(sub: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/vectors")
-        .join(sub)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/vectors").join(sub)
 }
 
 fn dek_bytes() -> [u8; 32] {
@@ -33,10 +29,7 @@ fn assert_all_listed(sub: &str, expect: &str) {
         let name = e.file_name().to_string_lossy().into_owned();
         if name != "EXPECT" {
             assert!(
-                expect
-                    .lines()
-                    .any(|l| l.starts_with(&format!("{name} "))
-                        || l.starts_with(&format!("{name}:"))),
+                expect.lines().any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}:"))),
                 "{sub}/{name} has no expected outcome"
             );
         }
@@ -61,10 +54,7 @@ fn keyfile_vectors() {
     let expect = std::fs::read_to_string(dir("keyfile").join("EXPECT")).expect("EXPECT");
     assert_all_listed("keyfile", &expect);
     let mut seen = 0;
-    for line in expect
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-    {
+    for line in expect.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
         let (file, want) = line.split_once(':').expect("file: outcome");
         let want = want.trim();
         let bytes = std::fs::read(dir("keyfile").join(file.trim())).expect("vector file");
@@ -72,14 +62,11 @@ fn keyfile_vectors() {
         match want {
             "ok" => {
                 let kf = parsed.expect("valid vector parses");
-                let dek = kf
-                    .unwrap(&Passphrase::new(PASS.into()))
-                    .expect("right passphrase unwraps");
+                let dek = kf.unwrap(&Passphrase::new(PASS.into())).expect("right passphrase unwraps");
                 assert_eq!(*dek.expose(), dek_bytes(), "{file}: unwrapped DEK");
                 assert_eq!(kf.key_id(), key_id());
                 assert_eq!(
-                    kf.unwrap(&Passphrase::new(b"vector passphrase 2".to_vec()))
-                        .err(),
+                    kf.unwrap(&Passphrase::new(b"vector passphrase 2".to_vec())).err(),
                     Some(KeyFileError::WrongPassphrase)
                 );
             }
@@ -113,16 +100,11 @@ fn blob_vectors() {
     let expect = std::fs::read_to_string(dir("blob").join("EXPECT")).expect("EXPECT");
     assert_all_listed("blob", &expect);
     let mut seen = 0;
-    for line in expect
-        .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-    {
+    for line in expect.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
         // file field row-byte: outcome
         let (left, want) = line.split_once(':').expect("left: outcome");
         let parts: Vec<&str> = left.split_whitespace().collect();
-        let [file, f, row] = parts[..] else {
-            panic!("bad line {line}")
-        };
+        let [file, f, row] = parts[..] else { panic!("bad line {line}") };
         let row = RowId([u8::from_str_radix(row, 16).expect("row byte"); 16]);
         let blob = std::fs::read(dir("blob").join(file)).expect("vector");
         let got = sealer.unseal(field(f), row, &blob);
@@ -153,14 +135,7 @@ fn regenerate_vectors() {
     }
     let params = KdfParams::new(iai_keyholder::keyfile::MIN_M_KIB, 1, 1).expect("params");
     let dek = Dek::from_bytes(dek_bytes());
-    let kf = KeyFile::wrap(
-        &Passphrase::new(PASS.into()),
-        params,
-        [0x5a; 32],
-        key_id(),
-        &dek,
-    )
-    .expect("wrap");
+    let kf = KeyFile::wrap(&Passphrase::new(PASS.into()), params, [0x5a; 32], key_id(), &dek).expect("wrap");
     let valid = kf.to_bytes();
     let kdir = dir("keyfile");
     let write = |name: &str, bytes: &[u8]| std::fs::write(kdir.join(name), bytes).expect("write");
@@ -185,9 +160,7 @@ fn regenerate_vectors() {
     write("edited-salt.key", &edit(30, &[valid[30] ^ 0xff]));
 
     let mut sealer = Sealer::new(&dek, key_id());
-    let blob = sealer
-        .seal(Field::RecordBody, RowId([0x11; 16]), PLAIN.as_bytes())
-        .expect("seal");
+    let blob = sealer.seal(Field::RecordBody, RowId([0x11; 16]), PLAIN.as_bytes()).expect("seal");
     let bdir = dir("blob");
     let bwrite = |name: &str, bytes: &[u8]| std::fs::write(bdir.join(name), bytes).expect("write");
     bwrite("valid.blob", &blob);

@@ -36,10 +36,7 @@ impl Home {
     }
 
     /// Pure form of [`Home::from_env`], for tests.
-    pub fn from_vars(
-        iai_home: Option<OsString>,
-        home: Option<OsString>,
-    ) -> Result<Self, LayoutError> {
+    pub fn from_vars(iai_home: Option<OsString>, home: Option<OsString>) -> Result<Self, LayoutError> {
         let root = match (iai_home, home) {
             (Some(p), _) if !p.is_empty() => PathBuf::from(p),
             (_, Some(h)) if !h.is_empty() => PathBuf::from(h).join(".iai-mcp"),
@@ -106,18 +103,9 @@ mod tests {
 
     #[test]
     fn relative_and_overlong_homes_are_refused() {
-        assert!(matches!(
-            Home::new("rel".into()),
-            Err(LayoutError::NotAbsolute(_))
-        ));
+        assert!(matches!(Home::new("rel".into()), Err(LayoutError::NotAbsolute(_))));
         let long = format!("/{}", "a".repeat(100));
-        assert!(matches!(
-            Home::new(long.into()),
-            Err(LayoutError::TooLong(..))
-        ));
-        assert!(matches!(
-            Home::from_vars(None, None),
-            Err(LayoutError::NoHome)
-        ));
+        assert!(matches!(Home::new(long.into()), Err(LayoutError::TooLong(..))));
+        assert!(matches!(Home::from_vars(None, None), Err(LayoutError::NoHome)));
     }
 }

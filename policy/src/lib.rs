@@ -24,12 +24,11 @@ use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use landlock::{
-    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr,
-    RulesetCreatedAttr, RulesetStatus, Scope, ABI,
+    path_beneath_rules, Access, AccessFs, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
+    RulesetStatus, Scope, ABI,
 };
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
 pub use layout::{Home, LayoutError};
@@ -76,12 +75,7 @@ pub struct Sandbox {
 impl Sandbox {
     /// The keyholder: no filesystem, no sockets, no exec, no threads.
     pub fn keyholder() -> Self {
-        Sandbox {
-            role: Role::Keyholder,
-            fs: FsView::Nothing,
-            allow: syscalls::keyholder(),
-            refuse: Vec::new(),
-        }
+        Sandbox { role: Role::Keyholder, fs: FsView::Nothing, allow: syscalls::keyholder(), refuse: Vec::new() }
     }
 
     /// The storer: `store/` and `run/` of its home, nothing else.
@@ -117,23 +111,14 @@ impl Sandbox {
         let _ = writeln!(out, "network: none (all TCP bind/connect denied)");
         let _ = writeln!(out, "scope: abstract-unix-sockets signals");
         let _ = writeln!(out, "seccomp-default: kill-process");
-        let mut allow: Vec<String> = self
-            .allow
-            .iter()
-            .map(|c| format!("allow {}{}", c.name(), render_rule(c.rule)))
-            .collect();
+        let mut allow: Vec<String> =
+            self.allow.iter().map(|c| format!("allow {}{}", c.name(), render_rule(c.rule))).collect();
         allow.sort();
         for line in allow {
             let _ = writeln!(out, "{line}");
         }
         for r in &self.refuse {
-            let _ = writeln!(
-                out,
-                "refuse {} errno={} # {}",
-                r.call.name(),
-                r.errno,
-                r.why
-            );
+            let _ = writeln!(out, "refuse {} errno={} # {}", r.call.name(), r.errno, r.why);
         }
         out
     }
@@ -222,11 +207,7 @@ pub fn close_stray_fds(keep: &[RawFd]) -> Result<(), PolicyError> {
     let mut open = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd").map_err(PolicyError::CloseFds)? {
         let entry = entry.map_err(PolicyError::CloseFds)?;
-        if let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<RawFd>().ok())
-        {
+        if let Some(fd) = entry.file_name().to_str().and_then(|s| s.parse::<RawFd>().ok()) {
             open.push(fd);
         }
     }
@@ -262,10 +243,7 @@ pub fn drop_capabilities() -> Result<(), PolicyError> {
     caps::clear(None, CapSet::Permitted).map_err(err)?;
     let left = caps::read(None, CapSet::Permitted).map_err(err)?;
     if !left.is_empty() {
-        return Err(PolicyError::Capabilities(format!(
-            "{} capabilities remain permitted",
-            left.len()
-        )));
+        return Err(PolicyError::Capabilities(format!("{} capabilities remain permitted", left.len())));
     }
     Ok(())
 }
@@ -289,16 +267,11 @@ fn apply_landlock(fs: &FsView) -> Result<(), PolicyError> {
         .create()
         .map_err(err)?;
     if let FsView::ReadWriteBeneath(paths) = fs {
-        created = created
-            .add_rules(path_beneath_rules(paths, AccessFs::from_all(abi)))
-            .map_err(err)?;
+        created = created.add_rules(path_beneath_rules(paths, AccessFs::from_all(abi))).map_err(err)?;
     }
     let status = created.restrict_self().map_err(err)?;
     if status.ruleset != RulesetStatus::FullyEnforced {
-        return Err(PolicyError::Landlock(format!(
-            "ruleset only {:?}",
-            status.ruleset
-        )));
+        return Err(PolicyError::Landlock(format!("ruleset only {:?}", status.ruleset)));
     }
     Ok(())
 }
@@ -311,15 +284,11 @@ fn condition(rule: ArgRule) -> Result<Option<SeccompCondition>, seccompiler::Bac
     use SeccompCmpArgLen::Qword;
     let c = match rule {
         ArgRule::Any => return Ok(None),
-        ArgRule::NoExec(i) => {
-            SeccompCondition::new(i, Qword, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)?
-        }
+        ArgRule::NoExec(i) => SeccompCondition::new(i, Qword, SeccompCmpOp::MaskedEq(libc::PROT_EXEC as u64), 0)?,
         ArgRule::MaskClear(i, m) => SeccompCondition::new(i, Qword, SeccompCmpOp::MaskedEq(m), 0)?,
         ArgRule::MaskSet(i, m) => SeccompCondition::new(i, Qword, SeccompCmpOp::MaskedEq(m), m)?,
         ArgRule::Eq(i, v) => SeccompCondition::new(i, Qword, SeccompCmpOp::Eq, v)?,
-        ArgRule::SelfPid(i) => {
-            SeccompCondition::new(i, Qword, SeccompCmpOp::Eq, std::process::id() as u64)?
-        }
+        ArgRule::SelfPid(i) => SeccompCondition::new(i, Qword, SeccompCmpOp::Eq, std::process::id() as u64)?,
     };
     Ok(Some(c))
 }
@@ -335,22 +304,13 @@ pub fn compile(sandbox: &Sandbox) -> Result<Vec<BpfProgram>, PolicyError> {
     for call in &sandbox.allow {
         match condition(call.rule).map_err(err)? {
             None => unconditional.push(call.nr),
-            Some(c) => rules
-                .entry(call.nr)
-                .or_default()
-                .push(SeccompRule::new(vec![c]).map_err(err)?),
+            Some(c) => rules.entry(call.nr).or_default().push(SeccompRule::new(vec![c]).map_err(err)?),
         }
     }
     for nr in unconditional {
         rules.insert(nr, Vec::new());
     }
-    let allow = SeccompFilter::new(
-        rules,
-        SeccompAction::KillProcess,
-        SeccompAction::Allow,
-        arch,
-    )
-    .map_err(err)?;
+    let allow = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, arch).map_err(err)?;
     let mut programs = vec![BpfProgram::try_from(allow).map_err(err)?];
     for r in &sandbox.refuse {
         let refuse = SeccompFilter::new(
@@ -371,8 +331,7 @@ fn apply_seccomp(sandbox: &Sandbox) -> Result<(), PolicyError> {
     let mut programs = compile(sandbox)?;
     programs.rotate_left(1);
     for program in programs {
-        seccompiler::apply_filter_all_threads(&program)
-            .map_err(|e| PolicyError::Seccomp(e.to_string()))?;
+        seccompiler::apply_filter_all_threads(&program).map_err(|e| PolicyError::Seccomp(e.to_string()))?;
     }
     Ok(())
 }
@@ -394,22 +353,14 @@ mod tests {
     #[test]
     fn snapshots_match_the_declarations() {
         let home = Home::new("/h".into()).expect("valid home");
-        for (sb, file) in [
-            (Sandbox::keyholder(), "keyholder.txt"),
-            (Sandbox::storer(&home), "storer.txt"),
-        ] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("snapshots")
-                .join(file);
+        for (sb, file) in [(Sandbox::keyholder(), "keyholder.txt"), (Sandbox::storer(&home), "storer.txt")] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots").join(file);
             let rendered = sb.render(Some(&home));
             if std::env::var_os("IAI_MCP_BLESS").is_some() {
                 std::fs::write(&path, &rendered).expect("write snapshot");
             }
             let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-            assert_eq!(
-                on_disk, rendered,
-                "{file} is out of date; review the change and rerun with IAI_MCP_BLESS=1"
-            );
+            assert_eq!(on_disk, rendered, "{file} is out of date; review the change and rerun with IAI_MCP_BLESS=1");
         }
     }
 }

@@ -43,18 +43,10 @@ pub struct Refusal {
 
 macro_rules! sc {
     ($sys:ident) => {
-        Syscall {
-            ident: stringify!($sys),
-            nr: libc::$sys,
-            rule: ArgRule::Any,
-        }
+        Syscall { ident: stringify!($sys), nr: libc::$sys, rule: ArgRule::Any }
     };
     ($sys:ident, $rule:expr) => {
-        Syscall {
-            ident: stringify!($sys),
-            nr: libc::$sys,
-            rule: $rule,
-        }
+        Syscall { ident: stringify!($sys), nr: libc::$sys, rule: $rule }
     };
 }
 
@@ -165,8 +157,7 @@ pub fn storer_refusals() -> Vec<Refusal> {
         Refusal {
             call: sc!(SYS_clone3),
             errno: libc::ENOSYS,
-            why:
-                "clone3 passes its flags in memory seccomp cannot inspect; std falls back to clone",
+            why: "clone3 passes its flags in memory seccomp cannot inspect; std falls back to clone",
         },
         Refusal {
             call: sc!(SYS_fchown),
@@ -205,11 +196,7 @@ mod tests {
         ];
         for list in [keyholder(), storer()] {
             for call in &list {
-                assert!(
-                    !forbidden.contains(&call.nr),
-                    "{} must not be allowed",
-                    call.name()
-                );
+                assert!(!forbidden.contains(&call.nr), "{} must not be allowed", call.name());
             }
         }
         for call in keyholder() {

@@ -30,11 +30,7 @@ struct Case {
 }
 
 const fn case(name: &'static str, nobody: bool, expect: Expect) -> Case {
-    Case {
-        name,
-        nobody,
-        expect,
-    }
+    Case { name, nobody, expect }
 }
 
 const CASES: &[Case] = &[
@@ -47,11 +43,7 @@ const CASES: &[Case] = &[
     case("keyholder-fork", false, Expect::Sigsys),
     case("keyholder-ptrace-sibling", true, Expect::Sigsys),
     case("keyholder-exec-memory", false, Expect::Sigsys),
-    case(
-        "keyholder-landlock-open",
-        false,
-        Expect::Errno(libc::EACCES),
-    ),
+    case("keyholder-landlock-open", false, Expect::Errno(libc::EACCES)),
     case("keyholder-landlock-open", true, Expect::Errno(libc::EACCES)),
     case("keyholder-socketpair-io", false, Expect::Allowed),
     case("storer-open-key", false, Expect::Errno(libc::EACCES)),
@@ -67,10 +59,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--case") {
         let nobody = args.iter().any(|a| a == "--as-nobody");
-        let sibling: Option<i32> = args
-            .iter()
-            .position(|a| a == "--sibling")
-            .and_then(|i| args.get(i + 1)?.parse().ok());
+        let sibling: Option<i32> =
+            args.iter().position(|a| a == "--sibling").and_then(|i| args.get(i + 1)?.parse().ok());
         child(&args[2], Path::new(&args[3]), nobody, sibling);
     }
     // libtest's own flags (e.g. --nocapture, a filter) are accepted and ignored.
@@ -80,9 +70,7 @@ fn main() {
         let home = fixture(c.nobody);
         let mut sibling = Command::new("sleep").arg("30").spawn().expect("sibling");
         let mut cmd = Command::new(std::env::current_exe().expect("exe"));
-        cmd.args(["--case", c.name])
-            .arg(home.path().join("h"))
-            .args(["--sibling", &sibling.id().to_string()]);
+        cmd.args(["--case", c.name]).arg(home.path().join("h")).args(["--sibling", &sibling.id().to_string()]);
         if c.nobody {
             cmd.arg("--as-nobody");
         }
@@ -96,10 +84,7 @@ fn main() {
             println!("sandbox {} ({who}) ... ok: {:?}", c.name, c.expect);
         } else {
             failed += 1;
-            println!(
-                "sandbox {} ({who}) ... FAILED: expected {:?}, got {status:?}",
-                c.name, c.expect
-            );
+            println!("sandbox {} ({who}) ... FAILED: expected {:?}, got {status:?}", c.name, c.expect);
         }
     }
     println!("\n{passed} passed, {failed} failed");
@@ -119,10 +104,7 @@ fn observed(status: ExitStatus) -> Option<Expect> {
 /// A home with `.key`, `store/` and `run/`, owned by the uid the case runs as.
 fn fixture(nobody: bool) -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::Builder::new()
-        .prefix("iai-sb")
-        .tempdir_in("/tmp")
-        .expect("tempdir");
+    let dir = tempfile::Builder::new().prefix("iai-sb").tempdir_in("/tmp").expect("tempdir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let h = dir.path().join("h");
     for d in [h.clone(), h.join("store"), h.join("run")] {
@@ -130,8 +112,7 @@ fn fixture(nobody: bool) -> tempfile::TempDir {
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     }
     std::fs::write(h.join(".key"), b"not a real key").expect("key");
-    std::fs::set_permissions(h.join(".key"), std::fs::Permissions::from_mode(0o600))
-        .expect("chmod");
+    std::fs::set_permissions(h.join(".key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
     if nobody {
         for p in [h.clone(), h.join("store"), h.join("run"), h.join(".key")] {
             std::os::unix::fs::chown(&p, Some(NOBODY), Some(NOBODY)).expect("chown");
@@ -170,18 +151,11 @@ fn child(name: &str, root: &Path, nobody: bool, sibling: Option<i32>) -> ! {
     // The keyholder keeps one end of a socketpair, as in production.
     let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
     use std::os::fd::AsRawFd;
-    iai_policy::apply(
-        &sandbox,
-        &[a.as_raw_fd(), b.as_raw_fd()],
-        Options::default(),
-    )
-    .expect("apply sandbox");
+    iai_policy::apply(&sandbox, &[a.as_raw_fd(), b.as_raw_fd()], Options::default()).expect("apply sandbox");
     match op {
         "open-file" | "open-outside" => exit_with(std::fs::File::open("/etc/hostname")),
         "open-key" => exit_with(std::fs::File::open(home.key())),
-        "unix-socket" => exit_with(std::os::unix::net::UnixStream::connect(
-            home.run_dir().join("x.sock"),
-        )),
+        "unix-socket" => exit_with(std::os::unix::net::UnixStream::connect(home.run_dir().join("x.sock"))),
         "tcp-socket" | "tcp-connect" => exit_with(std::net::TcpStream::connect("127.0.0.1:9")),
         "exec" => {
             let prog = CString::new("/bin/true").expect("cstring");
@@ -196,8 +170,7 @@ fn child(name: &str, root: &Path, nobody: bool, sibling: Option<i32>) -> ! {
             // Asking for executable memory is a kill, not an error.
             let len = std::num::NonZeroUsize::new(4096).expect("len");
             let prot = nix::sys::mman::ProtFlags::PROT_READ | nix::sys::mman::ProtFlags::PROT_EXEC;
-            let flags =
-                nix::sys::mman::MapFlags::MAP_PRIVATE | nix::sys::mman::MapFlags::MAP_ANONYMOUS;
+            let flags = nix::sys::mman::MapFlags::MAP_PRIVATE | nix::sys::mman::MapFlags::MAP_ANONYMOUS;
             exit_with(map_anonymous(len, prot, flags))
         }
         "socketpair-io" => {

@@ -8,8 +8,8 @@ use iai_policy::Home;
 use serde::de::DeserializeOwned;
 
 use crate::proto::{
-    self, Ack, CaptureRequest, CaptureResult, ErrorBody, ForgetResult, Frame, RecallRequest,
-    RecallResult, Request, Stats,
+    self, Ack, CaptureRequest, CaptureResult, ContradictRequest, ContradictResult, ErrorBody, EventsRequest,
+    EventsResult, ForgetResult, Frame, RecallRequest, RecallResult, ReinforceResult, Request, Stats,
 };
 
 /// Why a request did not produce a result.
@@ -42,18 +42,10 @@ impl Client {
                 stream.set_read_timeout(Some(Duration::from_secs(120)))?;
                 Ok(Client { stream })
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-                ) =>
-            {
+            Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
                 Err(ClientError::Locked)
             }
-            Err(source) => Err(ClientError::Connect {
-                path: path.display().to_string(),
-                source,
-            }),
+            Err(source) => Err(ClientError::Connect { path: path.display().to_string(), source }),
         }
     }
 
@@ -73,9 +65,7 @@ impl Client {
         match proto::read_frame(&mut self.stream)? {
             Frame::Body(b) => Ok(Some(b)),
             Frame::Eof => Ok(None),
-            Frame::TooLarge(n) => Err(ClientError::Protocol(format!(
-                "reply of {n} bytes is over the limit"
-            ))),
+            Frame::TooLarge(n) => Err(ClientError::Protocol(format!("reply of {n} bytes is over the limit"))),
         }
     }
 
@@ -84,8 +74,7 @@ impl Client {
             .raw(&proto::encode_request(req))?
             .ok_or_else(|| ClientError::Protocol("the storer closed the connection".into()))?;
         match proto::decode_reply(&body).map_err(ClientError::Protocol)? {
-            Ok(v) => serde_json::from_value(v)
-                .map_err(|e| ClientError::Protocol(format!("unexpected reply: {e}"))),
+            Ok(v) => serde_json::from_value(v).map_err(|e| ClientError::Protocol(format!("unexpected reply: {e}"))),
             Err(e) => Err(ClientError::Refused(e)),
         }
     }
@@ -98,6 +87,15 @@ impl Client {
     }
     pub fn forget(&mut self, id: &str) -> Result<ForgetResult, ClientError> {
         self.request(&Request::Forget { id: id.to_string() })
+    }
+    pub fn contradict(&mut self, c: ContradictRequest) -> Result<ContradictResult, ClientError> {
+        self.request(&Request::Contradict(c))
+    }
+    pub fn reinforce(&mut self, ids: Vec<String>) -> Result<ReinforceResult, ClientError> {
+        self.request(&Request::Reinforce { ids })
+    }
+    pub fn events(&mut self, e: EventsRequest) -> Result<EventsResult, ClientError> {
+        self.request(&Request::Events(e))
     }
     pub fn stats(&mut self) -> Result<Stats, ClientError> {
         self.request(&Request::Stats)

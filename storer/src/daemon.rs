@@ -17,11 +17,12 @@ use iai_policy::{Home, Options, Sandbox};
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 
-use crate::db::{Db, Row};
+use crate::db::{self, Db, EventRow, Row};
 use crate::index::{DocMeta, Filter, Index};
 use crate::proto::{
-    self, Ack, CaptureRequest, CaptureResult, CaptureStatus, ErrorBody, ErrorCode, ForgetResult,
-    Frame, Hit, RecallRequest, RecallResult, Request, Role, Stats, Tier, TierCount,
+    self, Ack, CaptureRequest, CaptureResult, CaptureStatus, ContradictRequest, ContradictResult, ErrorBody, ErrorCode,
+    Event, EventKind, EventsRequest, EventsResult, ForgetResult, Frame, Hit, RecallRequest, RecallResult,
+    ReinforceResult, Request, Role, Stats, Tier, TierCount,
 };
 
 /// Concurrent client connections; more are refused with `busy`.
@@ -72,10 +73,7 @@ struct Fail {
 }
 
 fn fail(stage: &'static str, message: impl std::fmt::Display) -> Fail {
-    Fail {
-        stage,
-        message: message.to_string(),
-    }
+    Fail { stage, message: message.to_string() }
 }
 
 /// Runs the storer; returns the exit code.
@@ -92,15 +90,10 @@ pub fn run(home: Home, keyholder_fd: i32, opts: Options) -> i32 {
     }
 }
 
-fn start(
-    home: Home,
-    keyholder_fd: i32,
-    opts: Options,
-) -> Result<(UnixListener, Arc<Mutex<State>>), Fail> {
+fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, Arc<Mutex<State>>), Fail> {
     iai_policy::harden_process().map_err(|e| fail("sandbox", e))?;
     let kh_stream = UnixStream::from(
-        crate::sys::adopt_socket(keyholder_fd)
-            .map_err(|e| fail("storer", format!("keyholder descriptor: {e}")))?,
+        crate::sys::adopt_socket(keyholder_fd).map_err(|e| fail("storer", format!("keyholder descriptor: {e}")))?,
     );
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let keyholder_pid = nix::unistd::getppid().as_raw() as u32;
@@ -114,18 +107,9 @@ fn start(
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(home.pid_file())
-        .map_err(|e| {
-            fail(
-                "storer",
-                format!("cannot open {}: {e}", home.pid_file().display()),
-            )
-        })?;
-    let mut pid_lock = Flock::lock(pid_file, FlockArg::LockExclusiveNonblock).map_err(|_| {
-        fail(
-            "busy",
-            "iai-mcp is already unlocked (another storer holds the lock)",
-        )
-    })?;
+        .map_err(|e| fail("storer", format!("cannot open {}: {e}", home.pid_file().display())))?;
+    let mut pid_lock = Flock::lock(pid_file, FlockArg::LockExclusiveNonblock)
+        .map_err(|_| fail("busy", "iai-mcp is already unlocked (another storer holds the lock)"))?;
     pid_lock.set_len(0).map_err(|e| fail("storer", e))?;
     writeln!(pid_lock, "{}", std::process::id()).map_err(|e| fail("storer", e))?;
 
@@ -133,60 +117,29 @@ fn start(
     match std::fs::remove_file(&socket) {
         Ok(()) => eprintln!("storer: removed a stale socket left by an earlier storer"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(fail(
-                "storer",
-                format!("cannot remove stale socket {}: {e}", socket.display()),
-            ))
-        }
+        Err(e) => return Err(fail("storer", format!("cannot remove stale socket {}: {e}", socket.display()))),
     }
-    let listener = UnixListener::bind(&socket).map_err(|e| {
-        fail(
-            "storer",
-            format!("cannot listen on {}: {e}", socket.display()),
-        )
-    })?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| fail("storer", e))?;
-    let devnull = File::options()
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| fail("storer", e))?;
+    let listener = UnixListener::bind(&socket)
+        .map_err(|e| fail("storer", format!("cannot listen on {}: {e}", socket.display())))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail("storer", e))?;
+    let devnull = File::options().write(true).open("/dev/null").map_err(|e| fail("storer", e))?;
 
-    let keep = [
-        kh_stream.as_raw_fd(),
-        listener.as_raw_fd(),
-        pid_lock.as_raw_fd(),
-        devnull.as_raw_fd(),
-    ];
-    let applied =
-        iai_policy::apply(&Sandbox::storer(&home), &keep, opts).map_err(|e| fail("sandbox", e))?;
+    let keep = [kh_stream.as_raw_fd(), listener.as_raw_fd(), pid_lock.as_raw_fd(), devnull.as_raw_fd()];
+    let applied = iai_policy::apply(&Sandbox::storer(&home), &keep, opts).map_err(|e| fail("sandbox", e))?;
 
-    let db = Db::open(&home.db())
-        .map_err(|e| fail("storer", format!("cannot open the database: {e}")))?;
-    let counter = db
-        .counter()
-        .map_err(|e| fail("storer", format!("cannot read the database: {e}")))?;
-    let kh = KeyholderClient::hello(kh_stream, counter)
-        .map_err(|e| fail("storer", format!("keyholder: {e}")))?;
-    let mut degraded: Vec<String> = applied
-        .degraded
-        .iter()
-        .map(|d| format!("storer {d}"))
-        .collect();
+    let db = Db::open(&home.db()).map_err(|e| fail("storer", format!("cannot open the database: {e}")))?;
+    let counter = db.counter().map_err(|e| fail("storer", format!("cannot read the database: {e}")))?;
+    let kh = KeyholderClient::hello(kh_stream, counter).map_err(|e| fail("storer", format!("keyholder: {e}")))?;
+    let mut degraded: Vec<String> = applied.degraded.iter().map(|d| format!("storer {d}")).collect();
     if kh.info().degraded {
         degraded.push("keyholder sandbox degraded".into());
     }
-    let mut state = State {
-        home,
-        db,
-        kh,
-        index: Index::default(),
-        unreadable: 0,
-        degraded,
-        keyholder_pid,
-    };
+    let mut state = State { home, db, kh, index: Index::default(), unreadable: 0, degraded, keyholder_pid };
     load_index(&mut state).map_err(|e| fail("storer", e.message))?;
+    for (new, old) in state.db.contradictions().map_err(|e| fail("storer", e))? {
+        state.index.supersede(&old, new);
+    }
+    log_unlock(&mut state).map_err(|e| fail("storer", e.message))?;
 
     watch_keyholder(&state)?;
     let mut out = std::io::stdout();
@@ -201,21 +154,11 @@ fn start(
 
 /// Builds the in-memory index from every record, unsealing in batches.
 fn load_index(state: &mut State) -> Result<(), ErrorBody> {
-    let State {
-        db,
-        kh,
-        index,
-        unreadable,
-        ..
-    } = state;
+    let State { db, kh, index, unreadable, .. } = state;
     db.for_each_batch(LOAD_BATCH, |rows| {
         let items = rows
             .iter()
-            .map(|r| UnsealItem {
-                field: Field::RecordBody,
-                row: RowId(r.id),
-                blob: r.body.clone(),
-            })
+            .map(|r| UnsealItem { field: Field::RecordBody, row: RowId(r.id), blob: r.body.clone() })
             .collect();
         let plain = kh.unseal(items).map_err(keyholder_error)?;
         for (row, p) in rows.into_iter().zip(plain) {
@@ -223,10 +166,7 @@ fn load_index(state: &mut State) -> Result<(), ErrorBody> {
                 Some(body) => index.add(meta_of(&row, &body), &body.searchable()),
                 None => {
                     *unreadable += 1;
-                    eprintln!(
-                        "storer: record {} does not authenticate; it is skipped",
-                        uuid_str(&row.id)
-                    );
+                    eprintln!("storer: record {} does not authenticate; it is skipped", uuid_str(&row.id));
                 }
             }
         }
@@ -248,6 +188,7 @@ fn meta_of(row: &Row, body: &Body) -> DocMeta {
         role: u8::try_from(row.role).unwrap_or(0),
         session: body.session.clone(),
         reinforced: u32::try_from(row.reinforced).unwrap_or(u32::MAX),
+        superseded_by: None,
     }
 }
 
@@ -265,9 +206,8 @@ fn watch_keyholder(state: &State) -> Result<(), Fail> {
                 let mut fds = [PollFd::new(fd.as_fd(), PollFlags::empty())];
                 match poll(&mut fds, PollTimeout::NONE) {
                     Ok(_) => {
-                        let hung = fds[0]
-                            .revents()
-                            .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+                        let hung =
+                            fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
                         if hung {
                             break;
                         }
@@ -295,21 +235,14 @@ fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
                 continue;
             }
         };
-        let peer =
-            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
+        let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials);
         match peer {
             Ok(cred) if cred.uid() == my_uid => {}
             Ok(cred) => {
-                eprintln!(
-                    "storer: refused a client with uid {} (storer uid {my_uid})",
-                    cred.uid()
-                );
+                eprintln!("storer: refused a client with uid {} (storer uid {my_uid})", cred.uid());
                 let err = ErrorBody::new(
                     ErrorCode::PeerRefused,
-                    format!(
-                        "refused: this storer serves only uid {my_uid}, the client runs as uid {}",
-                        cred.uid()
-                    ),
+                    format!("refused: this storer serves only uid {my_uid}, the client runs as uid {}", cred.uid()),
                 );
                 let _ = proto::write_frame(&mut stream, &proto::encode_err(&err));
                 continue;
@@ -321,21 +254,16 @@ fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
         }
         if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
             active.fetch_sub(1, Ordering::SeqCst);
-            let err = ErrorBody::new(
-                ErrorCode::Busy,
-                format!("too many connections (at most {MAX_CONNECTIONS})"),
-            );
+            let err = ErrorBody::new(ErrorCode::Busy, format!("too many connections (at most {MAX_CONNECTIONS})"));
             let _ = proto::write_frame(&mut stream, &proto::encode_err(&err));
             continue;
         }
         let state = Arc::clone(&state);
         let active_c = Arc::clone(&active);
-        let spawned = std::thread::Builder::new()
-            .name("client".into())
-            .spawn(move || {
-                connection(stream, &state);
-                active_c.fetch_sub(1, Ordering::SeqCst);
-            });
+        let spawned = std::thread::Builder::new().name("client".into()).spawn(move || {
+            connection(stream, &state);
+            active_c.fetch_sub(1, Ordering::SeqCst);
+        });
         if let Err(e) = spawned {
             active.fetch_sub(1, Ordering::SeqCst);
             eprintln!("storer: could not start a connection thread: {e}");
@@ -346,9 +274,7 @@ fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
 
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     // A panic in one connection must not take the store down with it.
-    state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn connection(mut stream: UnixStream, state: &Mutex<State>) {
@@ -359,7 +285,10 @@ fn connection(mut stream: UnixStream, state: &Mutex<State>) {
             Ok(Frame::TooLarge(n)) => {
                 let err = ErrorBody::new(
                     ErrorCode::FrameTooLarge,
-                    format!("frame of {n} bytes exceeds the maximum of {} bytes; closing the connection", proto::MAX_FRAME),
+                    format!(
+                        "frame of {n} bytes exceeds the maximum of {} bytes; closing the connection",
+                        proto::MAX_FRAME
+                    ),
                 );
                 let _ = proto::write_frame(&mut stream, &proto::encode_err(&err));
                 return;
@@ -401,6 +330,9 @@ fn handle(st: &mut State, req: Request) -> Result<serde_json::Value, ErrorBody> 
         Request::Capture(c) => to_value(capture(st, c)),
         Request::Recall(r) => to_value(recall(st, r)),
         Request::Forget { id } => to_value(forget(st, &id)),
+        Request::Contradict(c) => to_value(contradict(st, c)),
+        Request::Reinforce { ids } => to_value(reinforce(st, &ids)),
+        Request::Events(e) => to_value(events(st, e)),
         Request::Stats => to_value(stats(st)),
         Request::Shutdown => Err(internal("shutdown is handled by the connection")),
     }
@@ -420,10 +352,7 @@ fn internal(e: impl std::fmt::Display) -> ErrorBody {
 
 fn storage(e: rusqlite::Error) -> ErrorBody {
     eprintln!("storer: database error: {e}");
-    ErrorBody::new(
-        ErrorCode::Storage,
-        format!("database error: {e}; nothing was changed"),
-    )
+    ErrorBody::new(ErrorCode::Storage, format!("database error: {e}; nothing was changed"))
 }
 
 fn keyholder_error(e: ClientError) -> ErrorBody {
@@ -440,10 +369,7 @@ fn keyholder_error(e: ClientError) -> ErrorBody {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn uuid_str(id: &[u8; 16]) -> String {
@@ -452,10 +378,7 @@ fn uuid_str(id: &[u8; 16]) -> String {
 
 fn check_len(what: &str, s: &str, max: usize) -> Result<(), ErrorBody> {
     if s.len() > max {
-        return Err(invalid(format!(
-            "{what} is {} bytes; the maximum is {max}",
-            s.len()
-        )));
+        return Err(invalid(format!("{what} is {} bytes; the maximum is {max}", s.len())));
     }
     Ok(())
 }
@@ -463,101 +386,225 @@ fn check_len(what: &str, s: &str, max: usize) -> Result<(), ErrorBody> {
 /// Latest time a capture may claim: a day ahead tolerates clock skew.
 const FUTURE_SLACK_MS: i64 = 86_400_000;
 
-fn capture(st: &mut State, c: CaptureRequest) -> Result<CaptureResult, ErrorBody> {
-    if c.text.trim().is_empty() {
+/// The fields a new record is made of (capture and contradict).
+struct NewRecord {
+    text: String,
+    cue: Option<String>,
+    tier: Tier,
+    role: Role,
+    session: Option<String>,
+    tags: Vec<String>,
+    provenance: Option<String>,
+    created_at: Option<i64>,
+}
+
+fn validate(r: &NewRecord) -> Result<(), ErrorBody> {
+    if r.text.trim().is_empty() {
         return Err(invalid("text is empty"));
     }
-    if c.text.len() > proto::MAX_TEXT {
+    if r.text.len() > proto::MAX_TEXT {
         return Err(ErrorBody::new(
             ErrorCode::TextTooLarge,
-            format!(
-                "text is {} bytes; the maximum is {} bytes",
-                c.text.len(),
-                proto::MAX_TEXT
-            ),
+            format!("text is {} bytes; the maximum is {} bytes", r.text.len(), proto::MAX_TEXT),
         ));
     }
-    if let Some(cue) = &c.cue {
+    if let Some(cue) = &r.cue {
         check_len("cue", cue, proto::MAX_CUE)?;
     }
-    if c.tags.len() > proto::MAX_TAGS {
-        return Err(invalid(format!(
-            "{} tags given; the maximum is {}",
-            c.tags.len(),
-            proto::MAX_TAGS
-        )));
+    if r.tags.len() > proto::MAX_TAGS {
+        return Err(invalid(format!("{} tags given; the maximum is {}", r.tags.len(), proto::MAX_TAGS)));
     }
-    for t in &c.tags {
+    for t in &r.tags {
         check_len("a tag", t, proto::MAX_TAG)?;
     }
-    if let Some(s) = &c.session {
+    if let Some(s) = &r.session {
         check_len("session", s, proto::MAX_SESSION)?;
     }
-    if let Some(p) = &c.provenance {
+    if let Some(p) = &r.provenance {
         check_len("provenance", p, proto::MAX_PROVENANCE)?;
     }
-    let now = now_ms();
-    let created_at = c.created_at.unwrap_or(now);
-    if created_at < 0 || created_at > now + FUTURE_SLACK_MS {
-        return Err(invalid(
-            "created_at must be between the Unix epoch and now (milliseconds)",
-        ));
+    if let Some(t) = r.created_at {
+        if t < 0 || t > now_ms() + FUTURE_SLACK_MS {
+            return Err(invalid("created_at must be between the Unix epoch and now (milliseconds)"));
+        }
     }
+    Ok(())
+}
 
-    let mut tag_input = DUP_TAG_DOMAIN.to_vec();
-    tag_input.extend_from_slice(c.text.as_bytes());
-    let tag = st
-        .kh
-        .tag(vec![tag_input])
-        .map_err(keyholder_error)?
-        .pop()
-        .ok_or_else(|| internal("no tag"))?;
+/// The sealed detail of an event: the records it touched.
+#[derive(Serialize, Deserialize)]
+struct EventDetail {
+    records: Vec<String>,
+}
+
+fn new_id(at_ms: i64) -> [u8; 16] {
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, (at_ms / 1000) as u64, ((at_ms % 1000) * 1_000_000) as u32);
+    *uuid::Uuid::new_v7(ts).as_bytes()
+}
+
+/// An event row id and the item that seals its detail.
+fn event_item(records: &[[u8; 16]]) -> Result<([u8; 16], SealItem), ErrorBody> {
+    let id = new_id(now_ms());
+    let detail = EventDetail { records: records.iter().map(uuid_str).collect() };
+    let plain = serde_json::to_vec(&detail).map_err(internal)?;
+    Ok((id, SealItem { field: Field::EventDetail, row: RowId(id), plain }))
+}
+
+fn event_row(id: [u8; 16], kind: EventKind, detail: Vec<u8>) -> EventRow {
+    EventRow { id, at: now_ms(), kind: i64::from(kind.code()), detail }
+}
+
+/// Seals `items` plus one event, returning the blobs, the event row and the counter.
+fn seal_with_event(
+    st: &mut State,
+    mut items: Vec<SealItem>,
+    kind: EventKind,
+    records: &[[u8; 16]],
+) -> Result<(Vec<Vec<u8>>, EventRow, Vec<u8>), ErrorBody> {
+    let (event_id, item) = event_item(records)?;
+    items.push(item);
+    let (mut blobs, counter) = st.kh.seal(items).map_err(keyholder_error)?;
+    let detail = blobs.pop().ok_or_else(|| internal("no sealed event"))?;
+    Ok((blobs, event_row(event_id, kind, detail), counter))
+}
+
+fn dup_tag(st: &mut State, text: &str) -> Result<[u8; 32], ErrorBody> {
+    let mut input = DUP_TAG_DOMAIN.to_vec();
+    input.extend_from_slice(text.as_bytes());
+    st.kh.tag(vec![input]).map_err(keyholder_error)?.pop().ok_or_else(|| internal("no tag"))
+}
+
+/// Inserts a record, or reinforces the identical one. `supersedes` adds a
+/// contradiction edge from the new record to that one in the same transaction.
+fn store_record(
+    st: &mut State,
+    r: NewRecord,
+    supersedes: Option<[u8; 16]>,
+) -> Result<([u8; 16], CaptureStatus), ErrorBody> {
+    validate(&r)?;
+    let tag = dup_tag(st, &r.text)?;
     if let Some(id) = st.db.find_by_tag(&tag).map_err(storage)? {
-        st.db.reinforce(&id, 1).map_err(storage)?;
+        if supersedes == Some(id) {
+            return Err(invalid("the new fact is identical to the memory it contradicts"));
+        }
+        let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Reinforce };
+        let touched: Vec<[u8; 16]> = std::iter::once(id).chain(supersedes).collect();
+        let (_, event, counter) = seal_with_event(st, Vec::new(), kind, &touched)?;
+        st.db
+            .write(Some(&counter), |tx| {
+                db::reinforce(tx, &id, 1)?;
+                if let Some(old) = supersedes {
+                    db::add_edge(tx, &id, &old, db::EDGE_CONTRADICTS, 1)?;
+                }
+                db::insert_event(tx, &event)
+            })
+            .map_err(storage)?;
         st.index.reinforce(&id, 1);
-        return Ok(CaptureResult {
-            id: uuid_str(&id),
-            status: CaptureStatus::Reinforced,
-        });
+        if let Some(old) = supersedes {
+            st.index.supersede(&old, id);
+        }
+        return Ok((id, CaptureStatus::Reinforced));
     }
 
-    let ts = uuid::Timestamp::from_unix(
-        uuid::NoContext,
-        (created_at / 1000) as u64,
-        ((created_at % 1000) * 1_000_000) as u32,
-    );
-    let id = *uuid::Uuid::new_v7(ts).as_bytes();
-    let body = Body {
-        text: c.text,
-        cue: c.cue,
-        tags: c.tags,
-        session: c.session,
-        provenance: c.provenance,
-    };
+    let created_at = r.created_at.unwrap_or_else(now_ms);
+    let id = new_id(created_at);
+    let body = Body { text: r.text, cue: r.cue, tags: r.tags, session: r.session, provenance: r.provenance };
     let plain = serde_json::to_vec(&body).map_err(internal)?;
-    let (mut blobs, counter) = st
-        .kh
-        .seal(vec![SealItem {
-            field: Field::RecordBody,
-            row: RowId(id),
-            plain,
-        }])
-        .map_err(keyholder_error)?;
+    let item = SealItem { field: Field::RecordBody, row: RowId(id), plain };
+    let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Capture };
+    let touched: Vec<[u8; 16]> = std::iter::once(id).chain(supersedes).collect();
+    let (mut blobs, event, counter) = seal_with_event(st, vec![item], kind, &touched)?;
     let blob = blobs.pop().ok_or_else(|| internal("no sealed blob"))?;
     let row = Row {
         id,
         created_at,
-        tier: i64::from(c.tier.code()),
-        role: i64::from(c.role.code()),
+        tier: i64::from(r.tier.code()),
+        role: i64::from(r.role.code()),
         reinforced: 0,
         body: blob,
     };
-    st.db.insert(&row, &tag, &counter).map_err(storage)?;
+    st.db
+        .write(Some(&counter), |tx| {
+            db::insert_record(tx, &row, &tag)?;
+            if let Some(old) = supersedes {
+                db::add_edge(tx, &id, &old, db::EDGE_CONTRADICTS, 1)?;
+            }
+            db::insert_event(tx, &event)
+        })
+        .map_err(storage)?;
     st.index.add(meta_of(&row, &body), &body.searchable());
-    Ok(CaptureResult {
-        id: uuid_str(&id),
-        status: CaptureStatus::Inserted,
-    })
+    if let Some(old) = supersedes {
+        st.index.supersede(&old, id);
+    }
+    Ok((id, CaptureStatus::Inserted))
+}
+
+fn capture(st: &mut State, c: CaptureRequest) -> Result<CaptureResult, ErrorBody> {
+    let r = NewRecord {
+        text: c.text,
+        cue: c.cue,
+        tier: c.tier,
+        role: c.role,
+        session: c.session,
+        tags: c.tags,
+        provenance: c.provenance,
+        created_at: c.created_at,
+    };
+    let (id, status) = store_record(st, r, None)?;
+    Ok(CaptureResult { id: uuid_str(&id), status })
+}
+
+fn contradict(st: &mut State, c: ContradictRequest) -> Result<ContradictResult, ErrorBody> {
+    let old = parse_id(&c.id)?;
+    if !st.db.exists(&old).map_err(storage)? {
+        return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", uuid_str(&old))));
+    }
+    let r = NewRecord {
+        text: c.text,
+        cue: c.cue,
+        tier: c.tier,
+        role: c.role,
+        session: c.session,
+        tags: c.tags,
+        provenance: None,
+        created_at: None,
+    };
+    let (id, status) = store_record(st, r, Some(old))?;
+    Ok(ContradictResult { id: uuid_str(&id), status, supersedes: uuid_str(&old) })
+}
+
+fn reinforce(st: &mut State, ids: &[String]) -> Result<ReinforceResult, ErrorBody> {
+    if ids.is_empty() || ids.len() > proto::MAX_REINFORCE_IDS {
+        return Err(invalid(format!("give between 1 and {} ids", proto::MAX_REINFORCE_IDS)));
+    }
+    let mut parsed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let p = parse_id(id)?;
+        if !parsed.contains(&p) {
+            parsed.push(p);
+        }
+    }
+    let missing: Vec<String> =
+        parsed.iter().filter(|id| !st.db.exists(id).unwrap_or(false)).map(|id| uuid_str(id)).collect();
+    if !missing.is_empty() {
+        return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", missing.join(", "))));
+    }
+    let (_, event, counter) = seal_with_event(st, Vec::new(), EventKind::Reinforce, &parsed)?;
+    st.db
+        .write(Some(&counter), |tx| {
+            for (i, a) in parsed.iter().enumerate() {
+                db::reinforce(tx, a, 1)?;
+                for b in &parsed[i + 1..] {
+                    db::add_edge(tx, a, b, db::EDGE_REINFORCED, 1)?;
+                }
+            }
+            db::insert_event(tx, &event)
+        })
+        .map_err(storage)?;
+    for id in &parsed {
+        st.index.reinforce(id, 1);
+    }
+    Ok(ReinforceResult { ids: parsed.iter().map(uuid_str).collect() })
 }
 
 fn recall(st: &mut State, r: RecallRequest) -> Result<RecallResult, ErrorBody> {
@@ -567,17 +614,25 @@ fn recall(st: &mut State, r: RecallRequest) -> Result<RecallResult, ErrorBody> {
     check_len("cue", &r.cue, proto::MAX_CUE)?;
     let limit = r.limit.unwrap_or(proto::DEFAULT_RECALL_LIMIT);
     if limit == 0 || limit > proto::MAX_RECALL_LIMIT {
-        return Err(invalid(format!(
-            "limit must be between 1 and {}",
-            proto::MAX_RECALL_LIMIT
-        )));
+        return Err(invalid(format!("limit must be between 1 and {}", proto::MAX_RECALL_LIMIT)));
+    }
+    let offset = r.offset.unwrap_or(0);
+    if offset.saturating_add(limit) > proto::MAX_RECALL_DEPTH {
+        return Err(invalid(format!("offset + limit must be at most {}", proto::MAX_RECALL_DEPTH)));
+    }
+    if let (Some(a), Some(b)) = (r.since, r.until) {
+        if a >= b {
+            return Err(invalid("since must be before until"));
+        }
     }
     let filter = Filter {
         tier: r.tier.map(Tier::code),
         role: r.role.map(Role::code),
         session: r.session,
+        since: r.since,
+        until: r.until,
     };
-    let ranked = st.index.search(&r.cue, limit as usize, &filter, now_ms());
+    let (ranked, more) = st.index.search(&r.cue, offset as usize, limit as usize, &filter, now_ms());
     let mut rows = Vec::with_capacity(ranked.len());
     for (meta, score) in ranked {
         if let Some(row) = st.db.get(&meta.id).map_err(storage)? {
@@ -586,20 +641,13 @@ fn recall(st: &mut State, r: RecallRequest) -> Result<RecallResult, ErrorBody> {
     }
     let items = rows
         .iter()
-        .map(|(row, _, _)| UnsealItem {
-            field: Field::RecordBody,
-            row: RowId(row.id),
-            blob: row.body.clone(),
-        })
+        .map(|(row, _, _)| UnsealItem { field: Field::RecordBody, row: RowId(row.id), blob: row.body.clone() })
         .collect();
     let plain = st.kh.unseal(items).map_err(keyholder_error)?;
     let mut hits = Vec::with_capacity(rows.len());
     for ((row, meta, score), p) in rows.into_iter().zip(plain) {
         let Some(body) = p.ok().and_then(|p| serde_json::from_slice::<Body>(&p).ok()) else {
-            eprintln!(
-                "storer: record {} does not authenticate; left out of the results",
-                uuid_str(&row.id)
-            );
+            eprintln!("storer: record {} does not authenticate; left out of the results", uuid_str(&row.id));
             continue;
         };
         hits.push(Hit {
@@ -613,75 +661,82 @@ fn recall(st: &mut State, r: RecallRequest) -> Result<RecallResult, ErrorBody> {
             tags: body.tags,
             session: body.session,
             reinforced: meta.reinforced,
+            superseded_by: meta.superseded_by.as_ref().map(uuid_str),
         });
     }
-    Ok(RecallResult { hits })
+    Ok(RecallResult { hits, more })
 }
 
 /// Parses a record id as users see it (a hyphenated UUID).
 pub fn parse_id(id: &str) -> Result<[u8; 16], ErrorBody> {
     uuid::Uuid::parse_str(id.trim())
         .map(|u| *u.as_bytes())
-        .map_err(|_| {
-            invalid(format!(
-                "{id:?} is not a record id (expected a UUID such as 0190f5a2-…)"
-            ))
-        })
+        .map_err(|_| invalid(format!("{id:?} is not a record id (expected a UUID such as 0190f5a2-…)")))
 }
 
 fn forget(st: &mut State, id: &str) -> Result<ForgetResult, ErrorBody> {
     let id = parse_id(id)?;
     let Some(row) = st.db.get(&id).map_err(storage)? else {
-        return Err(ErrorBody::new(
-            ErrorCode::NotFound,
-            format!("no memory with id {}", uuid_str(&id)),
-        ));
+        return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", uuid_str(&id))));
     };
     let plain = st
         .kh
-        .unseal(vec![UnsealItem {
-            field: Field::RecordBody,
-            row: RowId(id),
-            blob: row.body,
-        }])
+        .unseal(vec![UnsealItem { field: Field::RecordBody, row: RowId(id), blob: row.body }])
         .map_err(keyholder_error)?;
-    let body = plain
-        .into_iter()
-        .next()
-        .and_then(|p| p.ok())
-        .and_then(|p| serde_json::from_slice::<Body>(&p).ok());
-    st.db.delete(&id).map_err(storage)?;
+    let body = plain.into_iter().next().and_then(|p| p.ok()).and_then(|p| serde_json::from_slice::<Body>(&p).ok());
+    let (_, event, counter) = seal_with_event(st, Vec::new(), EventKind::Forget, &[id])?;
+    st.db.delete(&id, &event, &counter).map_err(storage)?;
     if let Some(body) = body {
         st.index.remove(&id, &body.searchable());
     }
-    Ok(ForgetResult {
-        id: uuid_str(&id),
-        forgotten: true,
-    })
+    Ok(ForgetResult { id: uuid_str(&id), forgotten: true })
+}
+
+fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, ErrorBody> {
+    let limit = e.limit.unwrap_or(proto::DEFAULT_EVENTS_LIMIT);
+    if limit == 0 || limit > proto::MAX_EVENTS_LIMIT {
+        return Err(invalid(format!("limit must be between 1 and {}", proto::MAX_EVENTS_LIMIT)));
+    }
+    let rows = st.db.events(e.since.unwrap_or(0), e.kind.map(|k| i64::from(k.code())), limit).map_err(storage)?;
+    let items = rows
+        .iter()
+        .map(|r| UnsealItem { field: Field::EventDetail, row: RowId(r.id), blob: r.detail.clone() })
+        .collect();
+    let plain = st.kh.unseal(items).map_err(keyholder_error)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (row, p) in rows.into_iter().zip(plain) {
+        let Some(kind) = EventKind::from_code(row.kind) else { continue };
+        let records = p.ok().and_then(|p| serde_json::from_slice::<EventDetail>(&p).ok()).map(|d| d.records);
+        let Some(records) = records else {
+            eprintln!("storer: event {} does not authenticate; left out", uuid_str(&row.id));
+            continue;
+        };
+        events.push(Event { id: uuid_str(&row.id), at: row.at, kind, records });
+    }
+    Ok(EventsResult { events })
+}
+
+/// Records that the store was unlocked (and how many records it served).
+fn log_unlock(st: &mut State) -> Result<(), ErrorBody> {
+    let (_, event, counter) = seal_with_event(st, Vec::new(), EventKind::Unlock, &[])?;
+    st.db.write(Some(&counter), |tx| db::insert_event(tx, &event)).map_err(storage)
 }
 
 fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
     let counts = st.index.tier_counts();
     let per_tier = Tier::ALL
         .into_iter()
-        .map(|t| TierCount {
-            tier: t,
-            records: counts.get(&t.code()).copied().unwrap_or(0),
-        })
+        .map(|t| TierCount { tier: t, records: counts.get(&t.code()).copied().unwrap_or(0) })
         .collect();
     let store_bytes = std::fs::read_dir(st.home.store_dir())
-        .map(|rd| {
-            rd.filter_map(Result::ok)
-                .filter_map(|e| e.metadata().ok())
-                .map(|m| m.len())
-                .sum()
-        })
+        .map(|rd| rd.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
         .unwrap_or(0);
     let info = st.kh.info();
     Ok(Stats {
         version: env!("CARGO_PKG_VERSION").to_string(),
         records: st.index.len(),
         per_tier,
+        events: st.db.event_count().map_err(storage)?,
         unreadable: st.unreadable,
         store_bytes,
         storer_pid: std::process::id(),

@@ -1,13 +1,18 @@
 //! The SQLite store. Every value derived from a memory is a sealed blob; the
-//! columns in the clear are ids, times, tier, role, counters and the keyed
-//! duplicate tag (an HMAC, useless without the key).
+//! columns in the clear are ids, times, tier, role, counters, edges between
+//! record ids, event kinds, and the keyed duplicate tag (an HMAC, useless
+//! without the key).
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 pub const SCHEMA_VERSION: i64 = 1;
 const COUNTER_KEY: &str = "seal_counter";
+
+/// Edge kinds in the `edges` table.
+pub const EDGE_CONTRADICTS: i64 = 1;
+pub const EDGE_REINFORCED: i64 = 2;
 
 /// One stored record, still sealed.
 pub struct Row {
@@ -17,6 +22,14 @@ pub struct Row {
     pub role: i64,
     pub reinforced: i64,
     pub body: Vec<u8>,
+}
+
+/// One audit-trail event, its detail sealed.
+pub struct EventRow {
+    pub id: [u8; 16],
+    pub at: i64,
+    pub kind: i64,
+    pub detail: Vec<u8>,
 }
 
 pub struct Db {
@@ -44,61 +57,51 @@ impl Db {
                  reinforced INTEGER NOT NULL DEFAULT 0,
                  dup_tag BLOB NOT NULL UNIQUE,
                  body BLOB NOT NULL);
+             CREATE TABLE IF NOT EXISTS edges(
+                 src BLOB NOT NULL, dst BLOB NOT NULL, kind INTEGER NOT NULL, weight INTEGER NOT NULL,
+                 PRIMARY KEY(src, dst, kind));
+             CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst);
+             CREATE TABLE IF NOT EXISTS events(
+                 id BLOB PRIMARY KEY, at INTEGER NOT NULL, kind INTEGER NOT NULL, detail BLOB NOT NULL);
+             CREATE INDEX IF NOT EXISTS events_at ON events(at);
              CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);",
         )?;
-        conn.execute(
-            "INSERT OR IGNORE INTO meta(k, v) VALUES('schema_version', ?1)",
-            params![SCHEMA_VERSION],
-        )?;
+        conn.execute("INSERT OR IGNORE INTO meta(k, v) VALUES('schema_version', ?1)", params![SCHEMA_VERSION])?;
         Ok(Db { conn })
     }
 
     pub fn counter(&self) -> rusqlite::Result<Option<Vec<u8>>> {
-        self.conn
-            .query_row(
-                "SELECT v FROM meta WHERE k = ?1",
-                params![COUNTER_KEY],
-                |r| r.get(0),
-            )
-            .optional()
+        self.conn.query_row("SELECT v FROM meta WHERE k = ?1", params![COUNTER_KEY], |r| r.get(0)).optional()
     }
 
     pub fn find_by_tag(&self, tag: &[u8; 32]) -> rusqlite::Result<Option<[u8; 16]>> {
         self.conn
-            .query_row(
-                "SELECT id FROM records WHERE dup_tag = ?1",
-                params![&tag[..]],
-                |r| r.get::<_, [u8; 16]>(0),
-            )
+            .query_row("SELECT id FROM records WHERE dup_tag = ?1", params![&tag[..]], |r| r.get::<_, [u8; 16]>(0))
             .optional()
     }
 
-    /// Adds `by` to a record's reinforcement; returns the new value.
-    pub fn reinforce(&self, id: &[u8; 16], by: i64) -> rusqlite::Result<i64> {
-        self.conn.query_row(
-            "UPDATE records SET reinforced = reinforced + ?2 WHERE id = ?1 RETURNING reinforced",
-            params![&id[..], by],
-            |r| r.get(0),
-        )
+    pub fn exists(&self, id: &[u8; 16]) -> rusqlite::Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT 1 FROM records WHERE id = ?1", params![&id[..]], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
 
-    /// Inserts a record and the keyholder's newest counter in one transaction.
-    pub fn insert(
+    /// Runs `f` in one transaction and stores the keyholder's newest counter
+    /// with it; committed (fsynced) before this returns.
+    pub fn write<T>(
         &mut self,
-        row: &Row,
-        dup_tag: &[u8; 32],
-        counter: &[u8],
-    ) -> rusqlite::Result<()> {
+        counter: Option<&[u8]>,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT INTO records(id, created_at, tier, role, reinforced, dup_tag, body) VALUES(?1, ?2, ?3, ?4, 0, ?5, ?6)",
-            params![&row.id[..], row.created_at, row.tier, row.role, &dup_tag[..], row.body],
-        )?;
-        tx.execute(
-            "INSERT OR REPLACE INTO meta(k, v) VALUES(?1, ?2)",
-            params![COUNTER_KEY, counter],
-        )?;
-        tx.commit()
+        let out = f(&tx)?;
+        if let Some(c) = counter {
+            tx.execute("INSERT OR REPLACE INTO meta(k, v) VALUES(?1, ?2)", params![COUNTER_KEY, c])?;
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     pub fn get(&self, id: &[u8; 16]) -> rusqlite::Result<Option<Row>> {
@@ -111,34 +114,53 @@ impl Db {
             .optional()
     }
 
-    /// Deletes a record so that none of its bytes remain in the database
-    /// files: `secure_delete` zeroes the freed cells, and a truncating
+    /// Deletes a record and its edges so that none of its bytes remain in the
+    /// database files: `secure_delete` zeroes the freed cells, and a truncating
     /// checkpoint empties the WAL that still held the old pages.
-    pub fn delete(&self, id: &[u8; 16]) -> rusqlite::Result<bool> {
-        let n = self
-            .conn
-            .execute("DELETE FROM records WHERE id = ?1", params![&id[..]])?;
+    pub fn delete(&mut self, id: &[u8; 16], event: &EventRow, counter: &[u8]) -> rusqlite::Result<bool> {
+        let n = self.write(Some(counter), |tx| {
+            tx.execute("DELETE FROM edges WHERE src = ?1 OR dst = ?1", params![&id[..]])?;
+            insert_event(tx, event)?;
+            tx.execute("DELETE FROM records WHERE id = ?1", params![&id[..]])
+        })?;
         self.checkpoint()?;
         Ok(n > 0)
     }
 
     pub fn checkpoint(&self) -> rusqlite::Result<()> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+    }
+
+    /// (new, old) pairs: `new` contradicts, and so supersedes, `old`.
+    pub fn contradictions(&self) -> rusqlite::Result<Vec<([u8; 16], [u8; 16])>> {
+        let mut stmt = self.conn.prepare("SELECT src, dst FROM edges WHERE kind = ?1 ORDER BY rowid")?;
+        let rows = stmt.query_map(params![EDGE_CONTRADICTS], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
+    }
+
+    /// Newest first.
+    pub fn events(&self, since: i64, kind: Option<i64>, limit: u32) -> rusqlite::Result<Vec<EventRow>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, at, kind, detail FROM events WHERE at >= ?1 AND (?2 IS NULL OR kind = ?2)
+             ORDER BY at DESC, id DESC LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![since, kind, limit], |r| {
+            Ok(EventRow { id: r.get(0)?, at: r.get(1)?, kind: r.get(2)?, detail: r.get(3)? })
+        })?;
+        rows.collect()
+    }
+
+    pub fn event_count(&self) -> rusqlite::Result<u64> {
+        self.conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
     }
 
     /// Visits every record in id (time) order, `batch` rows at a time.
-    pub fn for_each_batch<E>(
-        &self,
-        batch: usize,
-        mut f: impl FnMut(Vec<Row>) -> Result<(), E>,
-    ) -> Result<(), E>
+    pub fn for_each_batch<E>(&self, batch: usize, mut f: impl FnMut(Vec<Row>) -> Result<(), E>) -> Result<(), E>
     where
         E: From<rusqlite::Error>,
     {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, created_at, tier, role, reinforced, body FROM records ORDER BY id",
-        )?;
+        let mut stmt =
+            self.conn.prepare("SELECT id, created_at, tier, role, reinforced, body FROM records ORDER BY id")?;
         let mut rows = stmt.query([])?;
         let mut buf = Vec::with_capacity(batch);
         while let Some(r) = rows.next()? {
@@ -152,6 +174,41 @@ impl Db {
         }
         Ok(())
     }
+}
+
+pub fn insert_record(tx: &Transaction<'_>, row: &Row, dup_tag: &[u8; 32]) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO records(id, created_at, tier, role, reinforced, dup_tag, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![&row.id[..], row.created_at, row.tier, row.role, row.reinforced, &dup_tag[..], row.body],
+    )?;
+    Ok(())
+}
+
+pub fn insert_event(tx: &Transaction<'_>, e: &EventRow) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO events(id, at, kind, detail) VALUES(?1, ?2, ?3, ?4)",
+        params![&e.id[..], e.at, e.kind, e.detail],
+    )?;
+    Ok(())
+}
+
+/// Adds `by` to a record's reinforcement; returns the new value.
+pub fn reinforce(tx: &Transaction<'_>, id: &[u8; 16], by: i64) -> rusqlite::Result<i64> {
+    tx.query_row(
+        "UPDATE records SET reinforced = reinforced + ?2 WHERE id = ?1 RETURNING reinforced",
+        params![&id[..], by],
+        |r| r.get(0),
+    )
+}
+
+/// Adds `by` to the weight of an edge, creating it.
+pub fn add_edge(tx: &Transaction<'_>, src: &[u8; 16], dst: &[u8; 16], kind: i64, by: i64) -> rusqlite::Result<()> {
+    tx.execute(
+        "INSERT INTO edges(src, dst, kind, weight) VALUES(?1, ?2, ?3, ?4)
+         ON CONFLICT(src, dst, kind) DO UPDATE SET weight = weight + ?4",
+        params![&src[..], &dst[..], kind, by],
+    )?;
+    Ok(())
 }
 
 fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {

@@ -21,9 +21,8 @@ const REINFORCE_WEIGHT: f64 = 0.1;
 const MAX_TOKEN_BYTES: usize = 64;
 
 const STOP_WORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "but", "by", "do", "for", "from", "had", "has",
-    "have", "i", "in", "is", "it", "its", "of", "on", "or", "so", "that", "the", "this", "to",
-    "was", "were", "with",
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "do", "for", "from", "had", "has", "have", "i", "in", "is",
+    "it", "its", "of", "on", "or", "so", "that", "the", "this", "to", "was", "were", "with",
 ];
 
 /// Turns text into index terms.
@@ -33,9 +32,7 @@ pub struct Tokenizer {
 
 impl Default for Tokenizer {
     fn default() -> Self {
-        Tokenizer {
-            stemmer: Stemmer::create(Algorithm::English),
-        }
+        Tokenizer { stemmer: Stemmer::create(Algorithm::English) }
     }
 }
 
@@ -46,11 +43,7 @@ impl Tokenizer {
             if STOP_WORDS.contains(&lower.as_str()) {
                 continue;
             }
-            let mut term = if lower.is_ascii() {
-                self.stemmer.stem(&lower).into_owned()
-            } else {
-                lower
-            };
+            let mut term = if lower.is_ascii() { self.stemmer.stem(&lower).into_owned() } else { lower };
             if term.len() > MAX_TOKEN_BYTES {
                 let mut cut = MAX_TOKEN_BYTES;
                 while !term.is_char_boundary(cut) {
@@ -72,6 +65,8 @@ pub struct DocMeta {
     pub role: u8,
     pub session: Option<String>,
     pub reinforced: u32,
+    /// The newer fact that contradicted this one.
+    pub superseded_by: Option<[u8; 16]>,
 }
 
 struct Doc {
@@ -87,7 +82,14 @@ pub struct Filter {
     pub tier: Option<u8>,
     pub role: Option<u8>,
     pub session: Option<String>,
+    /// Created at or after (ms).
+    pub since: Option<i64>,
+    /// Created before (ms).
+    pub until: Option<i64>,
 }
+
+/// A superseded fact still comes back (flagged), a little below its peers.
+const SUPERSEDED_FACTOR: f64 = 0.5;
 
 #[derive(Default)]
 pub struct Index {
@@ -157,12 +159,7 @@ impl Index {
         self.by_id.insert(meta.id, slot);
         self.total_len += toks.len() as u64;
         self.live += 1;
-        self.docs.push(Doc {
-            meta,
-            session,
-            len: toks.len() as u32,
-            alive: true,
-        });
+        self.docs.push(Doc { meta, session, len: toks.len() as u32, alive: true });
     }
 
     /// Removes a record; `text` must be what was indexed for it.
@@ -183,6 +180,7 @@ impl Index {
         doc.alive = false;
         self.total_len -= u64::from(doc.len);
         self.live -= 1;
+        self.unsupersede_by(id);
     }
 
     pub fn reinforce(&mut self, id: &[u8; 16], by: u32) {
@@ -192,14 +190,39 @@ impl Index {
         }
     }
 
-    /// The best `limit` records for `cue`, best first, as (meta, score).
+    /// Marks `old` as superseded by `new`.
+    pub fn supersede(&mut self, old: &[u8; 16], new: [u8; 16]) {
+        if let Some(&slot) = self.by_id.get(old) {
+            self.docs[slot as usize].meta.superseded_by = Some(new);
+        }
+    }
+
+    /// A forgotten fact no longer supersedes anything.
+    fn unsupersede_by(&mut self, gone: &[u8; 16]) {
+        for d in &mut self.docs {
+            if d.meta.superseded_by.as_ref() == Some(gone) {
+                d.meta.superseded_by = None;
+            }
+        }
+    }
+
+    /// Results `offset..offset + limit` of the ranking for `cue`, best first,
+    /// as (meta, score), and whether more follow.
     pub fn search(
         &self,
         cue: &str,
+        offset: usize,
         limit: usize,
         filter: &Filter,
         now_ms: i64,
-    ) -> Vec<(DocMeta, f64)> {
+    ) -> (Vec<(DocMeta, f64)>, bool) {
+        let mut ranked = self.rank(cue, offset + limit + 1, filter, now_ms);
+        let more = ranked.len() > offset + limit;
+        ranked.truncate(offset + limit);
+        (ranked.into_iter().skip(offset).collect(), more)
+    }
+
+    fn rank(&self, cue: &str, limit: usize, filter: &Filter, now_ms: i64) -> Vec<(DocMeta, f64)> {
         if self.live == 0 || limit == 0 {
             return Vec::new();
         }
@@ -239,16 +262,16 @@ impl Index {
                     && filter.tier.is_none_or(|t| t == d.meta.tier)
                     && filter.role.is_none_or(|r| r == d.meta.role)
                     && session.is_none_or(|s| d.session == Some(s))
+                    && filter.since.is_none_or(|t| d.meta.created_at >= t)
+                    && filter.until.is_none_or(|t| d.meta.created_at < t)
             })
             .map(|(slot, bm25)| {
                 let d = &self.docs[slot as usize].meta;
                 let age_days = ((now_ms - d.created_at).max(0) as f64) / 86_400_000.0;
                 let recency = 0.5f64.powf(age_days / RECENCY_HALF_LIFE_DAYS);
                 let reinforce = (1.0 + f64::from(d.reinforced)).ln();
-                (
-                    slot,
-                    bm25 * (1.0 + RECENCY_WEIGHT * recency) * (1.0 + REINFORCE_WEIGHT * reinforce),
-                )
+                let superseded = if d.superseded_by.is_some() { SUPERSEDED_FACTOR } else { 1.0 };
+                (slot, bm25 * (1.0 + RECENCY_WEIGHT * recency) * (1.0 + REINFORCE_WEIGHT * reinforce) * superseded)
             })
             .collect();
         let by_score = |a: &(u32, f64), b: &(u32, f64)| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0));
@@ -257,10 +280,7 @@ impl Index {
             ranked.truncate(limit);
         }
         ranked.sort_by(by_score);
-        ranked
-            .into_iter()
-            .map(|(slot, s)| (self.docs[slot as usize].meta.clone(), s))
-            .collect()
+        ranked.into_iter().map(|(slot, s)| (self.docs[slot as usize].meta.clone(), s)).collect()
     }
 }
 
@@ -269,24 +289,14 @@ mod tests {
     use super::*;
 
     fn meta(n: u8, created_at: i64) -> DocMeta {
-        DocMeta {
-            id: [n; 16],
-            created_at,
-            tier: 1,
-            role: 0,
-            session: None,
-            reinforced: 0,
-        }
+        DocMeta { id: [n; 16], created_at, tier: 1, role: 0, session: None, reinforced: 0, superseded_by: None }
     }
 
     #[test]
     fn tokenizes_every_script() {
         let t = Tokenizer::default();
         let mut out = Vec::new();
-        t.terms(
-            "The runners were RUNNING to Zürich; 東京タワー and Москва!",
-            &mut out,
-        );
+        t.terms("The runners were RUNNING to Zürich; 東京タワー and Москва!", &mut out);
         assert!(out.contains(&"runner".to_string()));
         assert!(out.contains(&"run".to_string()));
         assert!(out.contains(&"zürich".to_string()));
@@ -302,13 +312,11 @@ mod tests {
         ix.add(meta(1, 0), "the deploy key is in the vault");
         ix.add(meta(2, 0), "deploy friday deploy monday");
         ix.add(meta(3, now), "the deploy key is in the vault");
-        let hits = ix.search("vault key", 10, &Filter::default(), now);
+        let hits = ix.search("vault key", 0, 10, &Filter::default(), now).0;
         assert_eq!(hits.len(), 2);
         assert_eq!(hits[0].0.id, [3; 16], "newer equal match ranks first");
         assert_eq!(hits[1].0.id, [1; 16]);
-        assert!(ix
-            .search("nothing matches", 10, &Filter::default(), now)
-            .is_empty());
+        assert!(ix.search("nothing matches", 0, 10, &Filter::default(), now).0.is_empty());
     }
 
     #[test]
@@ -319,19 +327,45 @@ mod tests {
         m.tier = 2;
         m.session = Some("s1".into());
         ix.add(m, "alpha gamma");
-        let f = Filter {
-            tier: Some(2),
-            ..Default::default()
-        };
-        assert_eq!(ix.search("alpha", 10, &f, 0).len(), 1);
-        let f = Filter {
-            session: Some("s1".into()),
-            ..Default::default()
-        };
-        assert_eq!(ix.search("alpha", 10, &f, 0)[0].0.id, [2; 16]);
+        let f = Filter { tier: Some(2), ..Default::default() };
+        assert_eq!(ix.search("alpha", 0, 10, &f, 0).0.len(), 1);
+        let f = Filter { session: Some("s1".into()), ..Default::default() };
+        assert_eq!(ix.search("alpha", 0, 10, &f, 0).0[0].0.id, [2; 16]);
         ix.remove(&[2; 16], "alpha gamma");
-        assert_eq!(ix.search("alpha", 10, &Filter::default(), 0).len(), 1);
-        assert!(ix.search("gamma", 10, &Filter::default(), 0).is_empty());
+        assert_eq!(ix.search("alpha", 0, 10, &Filter::default(), 0).0.len(), 1);
+        assert!(ix.search("gamma", 0, 10, &Filter::default(), 0).0.is_empty());
         assert_eq!(ix.len(), 1);
+    }
+
+    #[test]
+    fn paging_superseding_and_time_filters() {
+        let mut ix = Index::default();
+        for n in 0..5u8 {
+            ix.add(meta(n, i64::from(n) * 1000), "shared words here");
+        }
+        let (first, more) = ix.search("shared", 0, 2, &Filter::default(), 10_000);
+        assert_eq!(first.len(), 2);
+        assert!(more);
+        let (rest, more) = ix.search("shared", 2, 10, &Filter::default(), 10_000);
+        assert_eq!(rest.len(), 3);
+        assert!(!more);
+        let all: Vec<_> = first.iter().chain(&rest).map(|(m, _)| m.id).collect();
+        let mut dedup = all.clone();
+        dedup.dedup();
+        assert_eq!(all.len(), 5);
+        assert_eq!(dedup.len(), 5);
+
+        let f = Filter { since: Some(2000), until: Some(4000), ..Default::default() };
+        let ids: Vec<_> = ix.search("shared", 0, 10, &f, 10_000).0.iter().map(|(m, _)| m.id[0]).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains(&2) && ids.contains(&3));
+
+        ix.supersede(&[4; 16], [9; 16]);
+        let top = ix.search("shared", 0, 5, &Filter::default(), 4000).0;
+        assert_eq!(top.iter().find(|(m, _)| m.id == [4; 16]).and_then(|(m, _)| m.superseded_by), Some([9; 16]));
+        ix.add(meta(9, 4000), "other");
+        ix.remove(&[9; 16], "other");
+        let top = ix.search("shared", 0, 5, &Filter::default(), 4000).0;
+        assert!(top.iter().all(|(m, _)| m.superseded_by.is_none()), "forgetting the newer fact lifts the flag");
     }
 }

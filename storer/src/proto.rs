@@ -28,6 +28,12 @@ pub const MAX_SESSION: usize = 256;
 pub const MAX_PROVENANCE: usize = 1024;
 pub const MAX_RECALL_LIMIT: u32 = 100;
 pub const DEFAULT_RECALL_LIMIT: u32 = 10;
+/// Deepest result reachable by paging (offset + limit).
+pub const MAX_RECALL_DEPTH: u32 = 1000;
+/// Most records one reinforce request may name.
+pub const MAX_REINFORCE_IDS: usize = 32;
+pub const MAX_EVENTS_LIMIT: u32 = 1000;
+pub const DEFAULT_EVENTS_LIMIT: u32 = 50;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -40,12 +46,7 @@ pub enum Tier {
 }
 
 impl Tier {
-    pub const ALL: [Tier; 4] = [
-        Tier::Working,
-        Tier::Episodic,
-        Tier::Semantic,
-        Tier::Procedural,
-    ];
+    pub const ALL: [Tier; 4] = [Tier::Working, Tier::Episodic, Tier::Semantic, Tier::Procedural];
     pub fn code(self) -> u8 {
         self as u8
     }
@@ -122,6 +123,66 @@ pub struct RecallRequest {
     pub role: Option<Role>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
+    /// Skip this many results (paging).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+    /// Only memories created at or after this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    /// Only memories created before this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+}
+
+/// A new fact that supersedes memory `id`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContradictRequest {
+    pub id: String,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cue: Option<String>,
+    #[serde(default)]
+    pub tier: Tier,
+    #[serde(default)]
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Capture,
+    Reinforce,
+    Contradict,
+    Forget,
+    Unlock,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 5] =
+        [EventKind::Capture, EventKind::Reinforce, EventKind::Contradict, EventKind::Forget, EventKind::Unlock];
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+    pub fn from_code(c: i64) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| i64::from(k.code()) == c)
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsRequest {
+    /// Only events at or after this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EventKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
 }
 
 /// Every request the storer serves.
@@ -133,12 +194,19 @@ pub enum Request {
     Forget {
         id: String,
     },
+    Contradict(ContradictRequest),
+    /// The memories were used together: strengthen each and their association.
+    Reinforce {
+        ids: Vec<String>,
+    },
+    Events(EventsRequest),
     Stats,
     /// Stops the storer (and so the keyholder): what `iai-mcp lock` sends.
     Shutdown,
 }
 
-pub const REQUEST_TYPES: &[&str] = &["capture", "recall", "forget", "stats", "shutdown"];
+pub const REQUEST_TYPES: &[&str] =
+    &["capture", "recall", "forget", "contradict", "reinforce", "events", "stats", "shutdown"];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -169,11 +237,45 @@ pub struct Hit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session: Option<String>,
     pub reinforced: u32,
+    /// Set when a newer fact contradicted this one: the id of that fact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RecallResult {
     pub hits: Vec<Hit>,
+    /// More results exist beyond `offset + hits.len()`.
+    #[serde(default)]
+    pub more: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContradictResult {
+    /// The new fact.
+    pub id: String,
+    pub status: CaptureStatus,
+    /// The memory it supersedes (kept, and flagged from now on).
+    pub supersedes: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReinforceResult {
+    pub ids: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: String,
+    pub at: i64,
+    pub kind: EventKind,
+    /// The memories the operation touched.
+    pub records: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsResult {
+    pub events: Vec<Event>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +295,7 @@ pub struct Stats {
     pub version: String,
     pub records: u64,
     pub per_tier: Vec<TierCount>,
+    pub events: u64,
     /// Records whose sealed body did not authenticate at unlock (tampering or corruption).
     pub unreadable: u64,
     pub store_bytes: u64,
@@ -238,65 +341,40 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody {
-            code,
-            message: message.into(),
-        }
+        ErrorBody { code, message: message.into() }
     }
 }
 
 /// Parses one frame body into a request, or the precise reason it is refused.
 pub fn parse_request(body: &[u8]) -> Result<Request, ErrorBody> {
     let text = std::str::from_utf8(body).map_err(|e| {
-        ErrorBody::new(
-            ErrorCode::InvalidUtf8,
-            format!("request is not valid UTF-8 (at byte {})", e.valid_up_to()),
-        )
+        ErrorBody::new(ErrorCode::InvalidUtf8, format!("request is not valid UTF-8 (at byte {})", e.valid_up_to()))
     })?;
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-        ErrorBody::new(
-            ErrorCode::MalformedJson,
-            format!("request is not valid JSON: {e}"),
-        )
-    })?;
-    let obj = value
-        .as_object()
-        .ok_or_else(|| ErrorBody::new(ErrorCode::MalformedJson, "request must be a JSON object"))?;
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ErrorBody::new(ErrorCode::MalformedJson, format!("request is not valid JSON: {e}")))?;
+    let obj =
+        value.as_object().ok_or_else(|| ErrorBody::new(ErrorCode::MalformedJson, "request must be a JSON object"))?;
     match obj.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => {
             return Err(ErrorBody::new(
                 ErrorCode::UnsupportedVersion,
-                format!(
-                    "protocol version {v} is not supported (this storer speaks {PROTOCOL_VERSION})"
-                ),
+                format!("protocol version {v} is not supported (this storer speaks {PROTOCOL_VERSION})"),
             ))
         }
-        None => {
-            return Err(ErrorBody::new(
-                ErrorCode::UnsupportedVersion,
-                "request has no protocol version \"v\"",
-            ))
-        }
+        None => return Err(ErrorBody::new(ErrorCode::UnsupportedVersion, "request has no protocol version \"v\"")),
     }
     let kind = obj
         .get("type")
         .and_then(serde_json::Value::as_str)
         .ok_or_else(|| ErrorBody::new(ErrorCode::UnknownRequest, "request has no \"type\""))?;
     if !REQUEST_TYPES.contains(&kind) {
-        return Err(ErrorBody::new(
-            ErrorCode::UnknownRequest,
-            format!("unknown request type {kind:?}"),
-        ));
+        return Err(ErrorBody::new(ErrorCode::UnknownRequest, format!("unknown request type {kind:?}")));
     }
     let mut obj = obj.clone();
     obj.remove("v");
-    serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
-        ErrorBody::new(
-            ErrorCode::InvalidArgument,
-            format!("invalid {kind} request: {e}"),
-        )
-    })
+    serde_json::from_value(serde_json::Value::Object(obj))
+        .map_err(|e| ErrorBody::new(ErrorCode::InvalidArgument, format!("invalid {kind} request: {e}")))
 }
 
 pub fn encode_request(req: &Request) -> Vec<u8> {
@@ -309,13 +387,11 @@ pub fn encode_request(req: &Request) -> Vec<u8> {
 
 pub fn encode_ok(result: &impl Serialize) -> Vec<u8> {
     let result = serde_json::to_value(result).unwrap_or(serde_json::Value::Null);
-    serde_json::to_vec(&serde_json::json!({"v": PROTOCOL_VERSION, "ok": true, "result": result}))
-        .unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({"v": PROTOCOL_VERSION, "ok": true, "result": result})).unwrap_or_default()
 }
 
 pub fn encode_err(err: &ErrorBody) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"v": PROTOCOL_VERSION, "ok": false, "error": err}))
-        .unwrap_or_default()
+    serde_json::to_vec(&serde_json::json!({"v": PROTOCOL_VERSION, "ok": false, "error": err})).unwrap_or_default()
 }
 
 /// Decodes a reply body into the result value or the storer's error.
@@ -328,13 +404,9 @@ pub fn decode_reply(body: &[u8]) -> Result<Result<serde_json::Value, ErrorBody>,
         result: serde_json::Value,
         error: Option<ErrorBody>,
     }
-    let r: Reply = serde_json::from_slice(body)
-        .map_err(|e| format!("malformed reply from the storer: {e}"))?;
+    let r: Reply = serde_json::from_slice(body).map_err(|e| format!("malformed reply from the storer: {e}"))?;
     if r.v != PROTOCOL_VERSION {
-        return Err(format!(
-            "the storer speaks protocol version {}, this client {PROTOCOL_VERSION}",
-            r.v
-        ));
+        return Err(format!("the storer speaks protocol version {}, this client {PROTOCOL_VERSION}", r.v));
     }
     match (r.ok, r.error) {
         (true, _) => Ok(Ok(r.result)),
@@ -357,12 +429,7 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
     while got < 4 {
         match r.read(&mut len[got..]) {
             Ok(0) if got == 0 => return Ok(Frame::Eof),
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "end of stream inside a length prefix",
-                ))
-            }
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "end of stream inside a length prefix")),
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
@@ -379,10 +446,7 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
 
 pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
     if body.len() > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "frame exceeds the maximum size",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame exceeds the maximum size"));
     }
     let mut buf = Vec::with_capacity(4 + body.len());
     buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -404,35 +468,16 @@ mod tests {
         assert_eq!(code(b"{not json"), ErrorCode::MalformedJson);
         assert_eq!(code(b"[1,2]"), ErrorCode::MalformedJson);
         assert_eq!(code(br#"{"type":"stats"}"#), ErrorCode::UnsupportedVersion);
-        assert_eq!(
-            code(br#"{"v":9,"type":"stats"}"#),
-            ErrorCode::UnsupportedVersion
-        );
-        assert_eq!(
-            code(br#"{"v":1,"type":"explode"}"#),
-            ErrorCode::UnknownRequest
-        );
-        assert_eq!(
-            code(br#"{"v":1,"type":"capture"}"#),
-            ErrorCode::InvalidArgument
-        );
-        assert_eq!(
-            code(br#"{"v":1,"type":"capture","text":"x","tier":"cosmic"}"#),
-            ErrorCode::InvalidArgument
-        );
-        assert_eq!(
-            code(br#"{"v":1,"type":"capture","text":"x","surprise":1}"#),
-            ErrorCode::InvalidArgument
-        );
+        assert_eq!(code(br#"{"v":9,"type":"stats"}"#), ErrorCode::UnsupportedVersion);
+        assert_eq!(code(br#"{"v":1,"type":"explode"}"#), ErrorCode::UnknownRequest);
+        assert_eq!(code(br#"{"v":1,"type":"capture"}"#), ErrorCode::InvalidArgument);
+        assert_eq!(code(br#"{"v":1,"type":"capture","text":"x","tier":"cosmic"}"#), ErrorCode::InvalidArgument);
+        assert_eq!(code(br#"{"v":1,"type":"capture","text":"x","surprise":1}"#), ErrorCode::InvalidArgument);
     }
 
     #[test]
     fn requests_round_trip() {
-        let req = Request::Capture(CaptureRequest {
-            text: "hi".into(),
-            tags: vec!["a".into()],
-            ..Default::default()
-        });
+        let req = Request::Capture(CaptureRequest { text: "hi".into(), tags: vec!["a".into()], ..Default::default() });
         match parse_request(&encode_request(&req)).expect("parses") {
             Request::Capture(c) => {
                 assert_eq!(c.text, "hi");
@@ -440,9 +485,6 @@ mod tests {
             }
             other => panic!("wrong request {other:?}"),
         }
-        assert!(matches!(
-            parse_request(&encode_request(&Request::Stats)),
-            Ok(Request::Stats)
-        ));
+        assert!(matches!(parse_request(&encode_request(&Request::Stats)), Ok(Request::Stats)));
     }
 }

@@ -9,10 +9,7 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 /// socket. Call once per descriptor.
 pub fn adopt_socket(fd: RawFd) -> io::Result<OwnedFd> {
     if fd <= 2 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "descriptor number must be above 2",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "descriptor number must be above 2"));
     }
     let mut st = std::mem::MaybeUninit::<nix::libc::stat>::uninit();
     // SAFETY: fstat only writes into the stat buffer we own; an invalid fd
@@ -24,10 +21,7 @@ pub fn adopt_socket(fd: RawFd) -> io::Result<OwnedFd> {
     // SAFETY: fstat returned 0, so it filled the buffer.
     let st = unsafe { st.assume_init() };
     if st.st_mode & nix::libc::S_IFMT != nix::libc::S_IFSOCK {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "descriptor is not a socket",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "descriptor is not a socket"));
     }
     // SAFETY: fd is open (fstat succeeded), is a socket, was handed to this
     // process by its parent for this purpose, and nothing else in the process

@@ -19,11 +19,7 @@ fn init_creates_private_files_and_never_overwrites_a_key() {
 
     let again = h.run_with_pass(&["init"], "another long passphrase");
     assert_eq!(again.status.code(), Some(1));
-    assert!(
-        stderr(&again).contains("never overwrites"),
-        "{}",
-        stderr(&again)
-    );
+    assert!(stderr(&again).contains("never overwrites"), "{}", stderr(&again));
     assert_eq!(std::fs::read(home.key()).expect("key"), key_before);
 }
 
@@ -32,29 +28,17 @@ fn init_refuses_short_or_missing_passphrases() {
     let h = TestHome::new();
     let short = h.run_with_pass(&["init"], "1234567");
     assert_eq!(short.status.code(), Some(1));
-    assert!(
-        stderr(&short).contains("at least 8 characters"),
-        "{}",
-        stderr(&short)
-    );
+    assert!(stderr(&short).contains("at least 8 characters"), "{}", stderr(&short));
     assert!(!h.home().key().exists());
 
     // No fd, no environment, no terminal: a clear message, not a hang.
     let none = h.run(&["init"]);
     assert_eq!(none.status.code(), Some(1));
-    assert!(
-        stderr(&none).contains("--passphrase-fd"),
-        "{}",
-        stderr(&none)
-    );
+    assert!(stderr(&none).contains("--passphrase-fd"), "{}", stderr(&none));
 
     let bad_fd = h.run(&["init", "--passphrase-fd", "77"]);
     assert_eq!(bad_fd.status.code(), Some(1));
-    assert!(
-        stderr(&bad_fd).contains("descriptor is not open"),
-        "{}",
-        stderr(&bad_fd)
-    );
+    assert!(stderr(&bad_fd).contains("descriptor is not open"), "{}", stderr(&bad_fd));
 }
 
 #[test]
@@ -106,11 +90,7 @@ fn a_hostile_work_factor_is_refused_before_any_work() {
     let started = std::time::Instant::now();
     let out = h.run_with_pass(&["unlock"], PASS);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("hostile key file header"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("hostile key file header"), "{}", stderr(&out));
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
     assert_ok(&h.run(&["status"]), "status still works");
 }

@@ -16,10 +16,7 @@ fn wrong_passphrase_fails_clearly_and_the_right_one_brings_memories_back() {
     let h = TestHome::init_unlocked();
     let id = h
         .client()
-        .capture(CaptureRequest {
-            text: "the boiler code is 7741".into(),
-            ..Default::default()
-        })
+        .capture(CaptureRequest { text: "the boiler code is 7741".into(), ..Default::default() })
         .expect("capture")
         .id;
     assert_ok(&h.run(&["lock"]), "lock");
@@ -29,30 +26,17 @@ fn wrong_passphrase_fails_clearly_and_the_right_one_brings_memories_back() {
     assert_eq!(bad.status.code(), Some(1));
     let msg = stderr(&bad);
     assert!(msg.contains("wrong passphrase"), "{msg}");
-    assert!(
-        !msg.contains("stapler") && !msg.contains(PASS),
-        "the passphrase must never be echoed: {msg}"
-    );
+    assert!(!msg.contains("stapler") && !msg.contains(PASS), "the passphrase must never be echoed: {msg}");
     assert_eq!(h.status()["state"], "locked");
 
     // A command that needs the daemon says so, with its own exit status.
     let locked = h.run(&["recall", "boiler"]);
     assert_eq!(locked.status.code(), Some(3));
-    assert!(
-        stderr(&locked).contains("iai-mcp unlock"),
-        "{}",
-        stderr(&locked)
-    );
+    assert!(stderr(&locked).contains("iai-mcp unlock"), "{}", stderr(&locked));
 
     h.unlock();
-    let hits = h
-        .client()
-        .recall(RecallRequest {
-            cue: "boiler code".into(),
-            ..Default::default()
-        })
-        .expect("recall")
-        .hits;
+    let hits =
+        h.client().recall(RecallRequest { cue: "boiler code".into(), ..Default::default() }).expect("recall").hits;
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].id, id);
     assert_eq!(hits[0].text, "the boiler code is 7741");
@@ -62,11 +46,7 @@ fn wrong_passphrase_fails_clearly_and_the_right_one_brings_memories_back() {
 fn environment_passphrase_works_and_never_reaches_the_daemons() {
     let h = TestHome::new();
     h.init();
-    let out = h
-        .cmd(&["unlock"])
-        .env("IAI_MCP_PASSPHRASE", PASS)
-        .output()
-        .expect("unlock");
+    let out = h.cmd(&["unlock"]).env("IAI_MCP_PASSPHRASE", PASS).output().expect("unlock");
     assert_ok(&out, "unlock from the environment");
     let (kh, st) = h.pids();
     for pid in [kh, st] {
@@ -86,11 +66,7 @@ fn unlock_twice_keeps_the_running_daemon() {
     let before = h.pids();
     let again = h.run_with_pass(&["unlock"], PASS);
     assert_ok(&again, "second unlock");
-    assert!(
-        stdout(&again).contains("already unlocked"),
-        "{}",
-        stdout(&again)
-    );
+    assert!(stdout(&again).contains("already unlocked"), "{}", stdout(&again));
     assert_eq!(h.pids(), before);
 
     // A second keyholder started by hand must not hijack the live storer's socket.
@@ -103,19 +79,10 @@ fn unlock_twice_keeps_the_running_daemon() {
         .stderr(Stdio::null())
         .spawn()
         .expect("spawn keyholder");
-    kh.stdin
-        .take()
-        .expect("stdin")
-        .write_all(PASS.as_bytes())
-        .expect("passphrase");
+    kh.stdin.take().expect("stdin").write_all(PASS.as_bytes()).expect("passphrase");
     let mut line = String::new();
-    BufReader::new(kh.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("read");
-    assert!(
-        line.starts_with("ERR busy"),
-        "second storer must refuse: {line:?}"
-    );
+    BufReader::new(kh.stdout.take().expect("stdout")).read_line(&mut line).expect("read");
+    assert!(line.starts_with("ERR busy"), "second storer must refuse: {line:?}");
     let _ = kh.wait();
     assert_eq!(h.pids(), before, "the live daemon still answers");
 }
@@ -140,14 +107,8 @@ fn daemons_are_hardened_as_seen_from_outside() {
             assert_eq!(field(cap), "0000000000000000", "{name} {cap}");
         }
         let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
-        let core = limits
-            .lines()
-            .find(|l| l.starts_with("Max core file size"))
-            .expect("core line");
-        assert!(
-            core.split_whitespace().nth(4) == Some("0"),
-            "{name}: {core}"
-        );
+        let core = limits.lines().find(|l| l.starts_with("Max core file size")).expect("core line");
+        assert!(core.split_whitespace().nth(4) == Some("0"), "{name}: {core}");
         // Non-dumpable: the kernel makes /proc/PID/* root-owned.
         let meta = std::fs::metadata(format!("/proc/{pid}/mem")).expect("mem");
         assert_eq!(meta.uid(), 0, "{name}");
@@ -156,21 +117,10 @@ fn daemons_are_hardened_as_seen_from_outside() {
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{kh}/fd"))
         .expect("fd dir")
         .flatten()
-        .map(|e| {
-            std::fs::read_link(e.path())
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        })
+        .map(|e| std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default())
         .collect();
-    assert!(
-        fds.iter()
-            .all(|f| f.starts_with("socket:") || f.ends_with("daemon.log")),
-        "keyholder fds: {fds:?}"
-    );
-    assert!(
-        !fds.iter().any(|f| f.ends_with(".key")),
-        "the keyholder must not keep .key open"
-    );
+    assert!(fds.iter().all(|f| f.starts_with("socket:") || f.ends_with("daemon.log")), "keyholder fds: {fds:?}");
+    assert!(!fds.iter().any(|f| f.ends_with(".key")), "the keyholder must not keep .key open");
 }
 
 #[test]
@@ -178,32 +128,16 @@ fn killing_the_storer_stops_the_keyholder_and_nothing_is_lost() {
     let h = TestHome::init_unlocked();
     let id = h
         .client()
-        .capture(CaptureRequest {
-            text: "survives a storer crash".into(),
-            ..Default::default()
-        })
+        .capture(CaptureRequest { text: "survives a storer crash".into(), ..Default::default() })
         .expect("capture")
         .id;
     let (kh, st) = h.pids();
     kill9(st);
-    assert!(
-        wait_gone(kh, Duration::from_secs(5)),
-        "keyholder {kh} must exit when the storer dies"
-    );
-    assert_eq!(
-        h.status()["state"],
-        "locked",
-        "a stale socket is not an unlocked store"
-    );
+    assert!(wait_gone(kh, Duration::from_secs(5)), "keyholder {kh} must exit when the storer dies");
+    assert_eq!(h.status()["state"], "locked", "a stale socket is not an unlocked store");
     h.unlock();
-    let hits = h
-        .client()
-        .recall(RecallRequest {
-            cue: "storer crash".into(),
-            ..Default::default()
-        })
-        .expect("recall")
-        .hits;
+    let hits =
+        h.client().recall(RecallRequest { cue: "storer crash".into(), ..Default::default() }).expect("recall").hits;
     assert_eq!(hits[0].id, id);
 }
 
@@ -211,30 +145,15 @@ fn killing_the_storer_stops_the_keyholder_and_nothing_is_lost() {
 fn killing_the_keyholder_stops_the_storer() {
     let h = TestHome::init_unlocked();
     h.client()
-        .capture(CaptureRequest {
-            text: "survives a keyholder crash".into(),
-            ..Default::default()
-        })
+        .capture(CaptureRequest { text: "survives a keyholder crash".into(), ..Default::default() })
         .expect("capture");
     let (kh, st) = h.pids();
     kill9(kh);
-    assert!(
-        wait_gone(st, Duration::from_secs(5)),
-        "storer {st} must stop serving when the keyholder dies"
-    );
-    assert!(
-        !h.home().socket().exists(),
-        "the storer removes its socket on the way out"
-    );
+    assert!(wait_gone(st, Duration::from_secs(5)), "storer {st} must stop serving when the keyholder dies");
+    assert!(!h.home().socket().exists(), "the storer removes its socket on the way out");
     h.unlock();
-    let hits = h
-        .client()
-        .recall(RecallRequest {
-            cue: "keyholder crash".into(),
-            ..Default::default()
-        })
-        .expect("recall")
-        .hits;
+    let hits =
+        h.client().recall(RecallRequest { cue: "keyholder crash".into(), ..Default::default() }).expect("recall").hits;
     assert_eq!(hits.len(), 1);
 }
 
@@ -258,11 +177,7 @@ fn kill_during_a_capture_burst_loses_no_acknowledged_capture() {
                     let token = format!("burst{w}n{i:05}");
                     let out = h.run(&["capture", &format!("{token} captured during the burst")]);
                     if out.status.success() {
-                        let id = stdout(&out)
-                            .split_whitespace()
-                            .next()
-                            .expect("id")
-                            .to_string();
+                        let id = stdout(&out).split_whitespace().next().expect("id").to_string();
                         acked.lock().expect("lock").push((token, id));
                     } else {
                         failures += 1;
@@ -285,18 +200,10 @@ fn kill_during_a_capture_burst_loses_no_acknowledged_capture() {
     let mut client = h.client();
     for (token, id) in &acked {
         let hits = client
-            .recall(RecallRequest {
-                cue: token.clone(),
-                limit: Some(1),
-                ..Default::default()
-            })
+            .recall(RecallRequest { cue: token.clone(), limit: Some(1), ..Default::default() })
             .expect("recall")
             .hits;
-        assert_eq!(
-            hits.first().map(|h| h.id.as_str()),
-            Some(id.as_str()),
-            "acknowledged capture {token} was lost"
-        );
+        assert_eq!(hits.first().map(|h| h.id.as_str()), Some(id.as_str()), "acknowledged capture {token} was lost");
     }
     assert!(!alive(storer));
 }
@@ -305,59 +212,28 @@ fn kill_during_a_capture_burst_loses_no_acknowledged_capture() {
 fn cli_round_trip_with_stdin_duplicates_and_raw_output() {
     let h = TestHome::init_unlocked();
     let mut child = h
-        .cmd(&[
-            "capture",
-            "-",
-            "--tier",
-            "procedural",
-            "--role",
-            "assistant",
-            "--session",
-            "s-42",
-            "--tag",
-            "build",
-        ])
+        .cmd(&["capture", "-", "--tier", "procedural", "--role", "assistant", "--session", "s-42", "--tag", "build"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn");
     let text = "To release: cargo build --release\n\tthen tag v1 — ✓ \u{202e}rtl\u{1b}[2J";
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write");
     let out = child.wait_with_output().expect("wait");
     assert_ok(&out, "capture from stdin");
-    let id = stdout(&out)
-        .split_whitespace()
-        .next()
-        .expect("id")
-        .to_string();
+    let id = stdout(&out).split_whitespace().next().expect("id").to_string();
     assert!(stdout(&out).contains("inserted"));
 
     let dup = h.cmd(&["capture", text]).output().expect("dup");
-    assert!(
-        stdout(&dup).starts_with(&id) && stdout(&dup).contains("reinforced"),
-        "{}",
-        stdout(&dup)
-    );
+    assert!(stdout(&dup).starts_with(&id) && stdout(&dup).contains("reinforced"), "{}", stdout(&dup));
 
     let raw = h.run(&["recall", "release", "--raw"]);
     assert_ok(&raw, "recall --raw");
-    assert_eq!(
-        raw.stdout,
-        [text.as_bytes(), b"\0"].concat(),
-        "raw output is the stored bytes"
-    );
+    assert_eq!(raw.stdout, [text.as_bytes(), b"\0"].concat(), "raw output is the stored bytes");
 
     let human = h.run(&["recall", "release"]);
     let shown = stdout(&human);
-    assert!(
-        !shown.contains('\u{1b}') && !shown.contains('\u{202e}'),
-        "terminal output escapes controls: {shown:?}"
-    );
+    assert!(!shown.contains('\u{1b}') && !shown.contains('\u{202e}'), "terminal output escapes controls: {shown:?}");
 
     let json: serde_json::Value =
         serde_json::from_slice(&h.run(&["recall", "release", "--json"]).stdout).expect("json");
@@ -366,17 +242,10 @@ fn cli_round_trip_with_stdin_duplicates_and_raw_output() {
     assert_eq!(json["hits"][0]["session"], "s-42");
     assert_eq!(json["hits"][0]["reinforced"], 1);
 
-    let filtered: serde_json::Value = serde_json::from_slice(
-        &h.run(&["recall", "release", "--json", "--session", "other"])
-            .stdout,
-    )
-    .expect("json");
+    let filtered: serde_json::Value =
+        serde_json::from_slice(&h.run(&["recall", "release", "--json", "--session", "other"]).stdout).expect("json");
     assert_eq!(filtered["hits"].as_array().map(Vec::len), Some(0));
 
     let version = h.run(&["--version"]);
-    assert!(
-        stdout(&version).starts_with("iai-mcp "),
-        "{}",
-        stdout(&version)
-    );
+    assert!(stdout(&version).starts_with("iai-mcp "), "{}", stdout(&version));
 }

@@ -51,27 +51,12 @@ struct Canary {
 
 fn canaries() -> Vec<Canary> {
     let bodies = [
-        (
-            "CANARYLATIN7f3a9",
-            "CANARYLATIN7f3a9 the prod api key is sk_live_51HqzTt9 do not share",
-        ),
-        (
-            "канарейкасекрет4411",
-            "канарейкасекрет4411: пароль от базы — Тигр-Лес-2024",
-        ),
-        (
-            "金丝雀秘密令牌九八七",
-            "金丝雀秘密令牌九八七 客户的电话号码是一三八零零",
-        ),
+        ("CANARYLATIN7f3a9", "CANARYLATIN7f3a9 the prod api key is sk_live_51HqzTt9 do not share"),
+        ("канарейкасекрет4411", "канарейкасекрет4411: пароль от базы — Тигр-Лес-2024"),
+        ("金丝雀秘密令牌九八七", "金丝雀秘密令牌九八七 客户的电话号码是一三八零零"),
         ("قناريسري٣٣٢", "قناريسري٣٣٢ رقم الحساب المصرفي للعميل"),
-        (
-            "カナリア秘密トークン",
-            "カナリア秘密トークン 顧客の住所は東京都港区",
-        ),
-        (
-            "CANARYEMOJI2291",
-            "🐤 CANARYEMOJI2291 🔑 personal fact: allergic to penicillin",
-        ),
+        ("カナリア秘密トークン", "カナリア秘密トークン 顧客の住所は東京都港区"),
+        ("CANARYEMOJI2291", "🐤 CANARYEMOJI2291 🔑 personal fact: allergic to penicillin"),
     ];
     bodies
         .iter()
@@ -89,10 +74,7 @@ fn canaries() -> Vec<Canary> {
 fn generated(rng: &mut Rng, i: usize) -> String {
     let n = 8 + (rng.next() % 40) as usize;
     let mut words: Vec<String> = (0..n).map(|_| rng.pick(WORDS).to_string()).collect();
-    words.insert(
-        (rng.next() % n as u64) as usize,
-        format!("uniq{i:04}x{:08x}", rng.next() as u32),
-    );
+    words.insert((rng.next() % n as u64) as usize, format!("uniq{i:04}x{:08x}", rng.next() as u32));
     words.join(" ")
 }
 
@@ -136,10 +118,7 @@ fn thousand_memories_come_back_byte_exact_and_never_touch_disk_in_plaintext() {
     let h = TestHome::init_unlocked();
     let mut client = h.client();
     let mut rng = Rng(0x1a1_3c9);
-    let mut needles = Needles {
-        windows: HashSet::new(),
-        whole: Vec::new(),
-    };
+    let mut needles = Needles { windows: HashSet::new(), whole: Vec::new() };
     let add_text = |needles: &mut Needles, t: &str| {
         for w in t.as_bytes().windows(16) {
             let mut a = [0u8; 16];
@@ -170,12 +149,7 @@ fn thousand_memories_come_back_byte_exact_and_never_touch_disk_in_plaintext() {
     let mut texts = Vec::new();
     for i in 0..(1000 - canaries.len()) {
         let text = generated(&mut rng, i);
-        client
-            .capture(CaptureRequest {
-                text: text.clone(),
-                ..Default::default()
-            })
-            .expect("capture");
+        client.capture(CaptureRequest { text: text.clone(), ..Default::default() }).expect("capture");
         add_text(&mut needles, &text);
         texts.push(text);
     }
@@ -183,42 +157,26 @@ fn thousand_memories_come_back_byte_exact_and_never_touch_disk_in_plaintext() {
 
     for c in &canaries {
         let hits = client
-            .recall(RecallRequest {
-                cue: c.find_by.clone(),
-                limit: Some(5),
-                ..Default::default()
-            })
+            .recall(RecallRequest { cue: c.find_by.clone(), limit: Some(5), ..Default::default() })
             .expect("recall")
             .hits;
-        let top = hits
-            .first()
-            .unwrap_or_else(|| panic!("no hit for {}", c.find_by));
+        let top = hits.first().unwrap_or_else(|| panic!("no hit for {}", c.find_by));
         assert_eq!(top.text.as_bytes(), c.text.as_bytes(), "verbatim text");
         assert_eq!(top.cue.as_deref(), Some(c.cue.as_str()));
         assert_eq!(top.tags, vec![c.tag.clone()]);
         assert_eq!(top.session.as_deref(), Some(c.session.as_str()));
     }
     for (i, t) in texts.iter().enumerate().step_by(97) {
-        let token = t
-            .split(' ')
-            .find(|w| w.starts_with(&format!("uniq{i:04}x")))
-            .expect("token");
+        let token = t.split(' ').find(|w| w.starts_with(&format!("uniq{i:04}x"))).expect("token");
         let hits = client
-            .recall(RecallRequest {
-                cue: token.to_string(),
-                limit: Some(1),
-                ..Default::default()
-            })
+            .recall(RecallRequest { cue: token.to_string(), limit: Some(1), ..Default::default() })
             .expect("recall")
             .hits;
         assert_eq!(hits[0].text, *t);
     }
 
     let n = scan(&h, &needles, "while unlocked");
-    assert!(
-        n >= 4,
-        "expected .key, the database and its WAL, got {n} files"
-    );
+    assert!(n >= 4, "expected .key, the database and its WAL, got {n} files");
     drop(client);
     assert_ok(&h.run(&["lock"]), "lock");
     scan(&h, &needles, "after lock");
@@ -230,32 +188,16 @@ fn forget_leaves_no_ciphertext_in_any_file() {
     let mut client = h.client();
     for i in 0..20 {
         client
-            .capture(CaptureRequest {
-                text: format!("filler memory number {i} about rotation"),
-                ..Default::default()
-            })
+            .capture(CaptureRequest { text: format!("filler memory number {i} about rotation"), ..Default::default() })
             .expect("capture");
     }
     let secret = "FORGETME-canary: the customer's card ends 4242";
-    let id = client
-        .capture(CaptureRequest {
-            text: secret.into(),
-            ..Default::default()
-        })
-        .expect("capture")
-        .id;
+    let id = client.capture(CaptureRequest { text: secret.into(), ..Default::default() }).expect("capture").id;
     let raw_id = *uuid_bytes(&id);
-    let db = rusqlite::Connection::open_with_flags(
-        h.home().db(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("open db");
+    let db = rusqlite::Connection::open_with_flags(h.home().db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open db");
     let blob: Vec<u8> = db
-        .query_row(
-            "SELECT body FROM records WHERE id = ?1",
-            [&raw_id[..]],
-            |r| r.get(0),
-        )
+        .query_row("SELECT body FROM records WHERE id = ?1", [&raw_id[..]], |r| r.get(0))
         .expect("sealed row present");
     drop(db);
     let ciphertext = &blob[29..];
@@ -263,13 +205,7 @@ fn forget_leaves_no_ciphertext_in_any_file() {
 
     let out = h.run(&["forget", &id]);
     assert_ok(&out, "forget");
-    let hits = client
-        .recall(RecallRequest {
-            cue: "FORGETME".into(),
-            ..Default::default()
-        })
-        .expect("recall")
-        .hits;
+    let hits = client.recall(RecallRequest { cue: "FORGETME".into(), ..Default::default() }).expect("recall").hits;
     assert!(hits.is_empty(), "forgotten memory still recalled");
     for f in h.files() {
         let bytes = std::fs::read(&f).expect("read");
@@ -283,11 +219,7 @@ fn forget_leaves_no_ciphertext_in_any_file() {
     }
     let again = h.run(&["forget", &id]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(
-        crate::support::stderr(&again).contains("no memory with id"),
-        "{}",
-        crate::support::stderr(&again)
-    );
+    assert!(crate::support::stderr(&again).contains("no memory with id"), "{}", crate::support::stderr(&again));
 }
 
 fn uuid_bytes(id: &str) -> Box<[u8; 16]> {

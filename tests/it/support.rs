@@ -24,18 +24,10 @@ pub struct TestHome {
 
 impl TestHome {
     pub fn new() -> TestHome {
-        let dir = tempfile::Builder::new()
-            .prefix("iai")
-            .tempdir_in("/tmp")
-            .expect("tempdir");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-            .expect("chmod");
+        let dir = tempfile::Builder::new().prefix("iai").tempdir_in("/tmp").expect("tempdir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let root = dir.path().join("h");
-        TestHome {
-            _dir: dir,
-            root,
-            uid: None,
-        }
+        TestHome { _dir: dir, root, uid: None }
     }
 
     /// A home whose commands (and so daemons) run as `nobody`.
@@ -52,10 +44,7 @@ impl TestHome {
 
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(BIN);
-        c.args(args)
-            .env("IAI_MCP_HOME", &self.root)
-            .env_remove("IAI_MCP_PASSPHRASE")
-            .stdin(Stdio::null());
+        c.args(args).env("IAI_MCP_HOME", &self.root).env_remove("IAI_MCP_PASSPHRASE").stdin(Stdio::null());
         if let Some(uid) = self.uid {
             c.uid(uid).gid(uid);
         }
@@ -70,13 +59,8 @@ impl TestHome {
     pub fn run_with_pass(&self, args: &[&str], pass: &str) -> Output {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--passphrase-fd", "0"]);
-        let mut child = self
-            .cmd(&all)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
+        let mut child =
+            self.cmd(&all).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
         let mut stdin = child.stdin.take().expect("stdin");
         // A command that refuses before reading its passphrase closes the pipe early.
         match stdin.write_all(format!("{pass}\n").as_bytes()) {
@@ -118,10 +102,7 @@ impl TestHome {
     pub fn pids(&self) -> (u32, u32) {
         let s = self.status();
         assert_eq!(s["state"], "unlocked", "{s}");
-        (
-            s["keyholder_pid"].as_u64().expect("pid") as u32,
-            s["storer_pid"].as_u64().expect("pid") as u32,
-        )
+        (s["keyholder_pid"].as_u64().expect("pid") as u32, s["storer_pid"].as_u64().expect("pid") as u32)
     }
 
     /// Every regular file beneath the home, recursively.
@@ -175,9 +156,7 @@ pub fn stdout(out: &Output) -> String {
 /// True while `pid` exists and is not a zombie.
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
         Err(_) => false,
     }
 }
@@ -194,11 +173,7 @@ pub fn wait_gone(pid: u32, within: Duration) -> bool {
 }
 
 pub fn kill9(pid: u32) {
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill -9");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).expect("kill -9");
 }
 
 /// A seeded, reproducible generator (SplitMix64).

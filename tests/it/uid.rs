@@ -20,16 +20,10 @@ fn a_client_of_another_uid_is_refused_by_the_storer() {
     for pid in [kh, st] {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
         let uid_line = status.lines().find(|l| l.starts_with("Uid:")).expect("uid");
-        assert!(
-            uid_line.split_whitespace().skip(1).all(|u| u == "65534"),
-            "{uid_line}"
-        );
+        assert!(uid_line.split_whitespace().skip(1).all(|u| u == "65534"), "{uid_line}");
     }
     let mut root_client = Client::connect(&h.home()).expect("root can reach the socket");
-    match root_client.capture(CaptureRequest {
-        text: "sneaky".into(),
-        ..Default::default()
-    }) {
+    match root_client.capture(CaptureRequest { text: "sneaky".into(), ..Default::default() }) {
         Err(ClientError::Refused(e)) => {
             assert_eq!(e.code, ErrorCode::PeerRefused);
             assert!(e.message.contains("65534"), "{}", e.message);
@@ -49,9 +43,5 @@ fn another_user_cannot_reach_a_private_home() {
     intruder.uid(NOBODY).gid(NOBODY);
     let out = intruder.output().expect("run");
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("Permission denied"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
 }
