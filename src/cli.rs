@@ -107,6 +107,8 @@ enum Cmd {
         #[arg(required = true, num_args = 1..=32)]
         ids: Vec<String>,
     },
+    /// Serve MCP on stdin/stdout for an MCP host (Claude Code, Codex, …).
+    Mcp,
     /// Show the audit trail of operations, newest first.
     Events {
         /// Only events at or after this time (RFC 3339, e.g. 2026-11-28T09:00:00Z).
@@ -199,6 +201,10 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Init { passphrase_fd } => init(&home, passphrase_fd),
         Cmd::Unlock { passphrase_fd, allow_degraded_sandbox } => unlock(&home, passphrase_fd, allow_degraded_sandbox),
         Cmd::Lock => lock(&home),
+        Cmd::Mcp => match iai_shim::run(home) {
+            0 => Ok(()),
+            _ => bail!("the MCP session ended with an error"),
+        },
         Cmd::Status { json } => status(&home, json),
         Cmd::Capture { text, tier, role, session, cue, tags } => {
             let text = text_arg(text)?;

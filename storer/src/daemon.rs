@@ -454,18 +454,26 @@ fn event_row(id: [u8; 16], kind: EventKind, detail: Vec<u8>) -> EventRow {
     EventRow { id, at: now_ms(), kind: i64::from(kind.code()), detail }
 }
 
-/// Seals `items` plus one event, returning the blobs, the event row and the counter.
+/// What one write needs sealed: the blobs in request order, the event that
+/// records the write, and the keyholder's counter to store with them.
+struct Sealed {
+    blobs: Vec<Vec<u8>>,
+    event: EventRow,
+    counter: Vec<u8>,
+}
+
+/// Seals `items` plus the detail of one event.
 fn seal_with_event(
     st: &mut State,
     mut items: Vec<SealItem>,
     kind: EventKind,
     records: &[[u8; 16]],
-) -> Result<(Vec<Vec<u8>>, EventRow, Vec<u8>), ErrorBody> {
+) -> Result<Sealed, ErrorBody> {
     let (event_id, item) = event_item(records)?;
     items.push(item);
     let (mut blobs, counter) = st.kh.seal(items).map_err(keyholder_error)?;
     let detail = blobs.pop().ok_or_else(|| internal("no sealed event"))?;
-    Ok((blobs, event_row(event_id, kind, detail), counter))
+    Ok(Sealed { blobs, event: event_row(event_id, kind, detail), counter })
 }
 
 fn dup_tag(st: &mut State, text: &str) -> Result<[u8; 32], ErrorBody> {
@@ -489,7 +497,7 @@ fn store_record(
         }
         let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Reinforce };
         let touched: Vec<[u8; 16]> = std::iter::once(id).chain(supersedes).collect();
-        let (_, event, counter) = seal_with_event(st, Vec::new(), kind, &touched)?;
+        let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), kind, &touched)?;
         st.db
             .write(Some(&counter), |tx| {
                 db::reinforce(tx, &id, 1)?;
@@ -513,7 +521,7 @@ fn store_record(
     let item = SealItem { field: Field::RecordBody, row: RowId(id), plain };
     let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Capture };
     let touched: Vec<[u8; 16]> = std::iter::once(id).chain(supersedes).collect();
-    let (mut blobs, event, counter) = seal_with_event(st, vec![item], kind, &touched)?;
+    let Sealed { mut blobs, event, counter } = seal_with_event(st, vec![item], kind, &touched)?;
     let blob = blobs.pop().ok_or_else(|| internal("no sealed blob"))?;
     let row = Row {
         id,
@@ -584,12 +592,11 @@ fn reinforce(st: &mut State, ids: &[String]) -> Result<ReinforceResult, ErrorBod
             parsed.push(p);
         }
     }
-    let missing: Vec<String> =
-        parsed.iter().filter(|id| !st.db.exists(id).unwrap_or(false)).map(|id| uuid_str(id)).collect();
+    let missing: Vec<String> = parsed.iter().filter(|id| !st.db.exists(id).unwrap_or(false)).map(uuid_str).collect();
     if !missing.is_empty() {
         return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", missing.join(", "))));
     }
-    let (_, event, counter) = seal_with_event(st, Vec::new(), EventKind::Reinforce, &parsed)?;
+    let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Reinforce, &parsed)?;
     st.db
         .write(Some(&counter), |tx| {
             for (i, a) in parsed.iter().enumerate() {
@@ -684,7 +691,7 @@ fn forget(st: &mut State, id: &str) -> Result<ForgetResult, ErrorBody> {
         .unseal(vec![UnsealItem { field: Field::RecordBody, row: RowId(id), blob: row.body }])
         .map_err(keyholder_error)?;
     let body = plain.into_iter().next().and_then(|p| p.ok()).and_then(|p| serde_json::from_slice::<Body>(&p).ok());
-    let (_, event, counter) = seal_with_event(st, Vec::new(), EventKind::Forget, &[id])?;
+    let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Forget, &[id])?;
     st.db.delete(&id, &event, &counter).map_err(storage)?;
     if let Some(body) = body {
         st.index.remove(&id, &body.searchable());
@@ -718,7 +725,7 @@ fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, ErrorBody> {
 
 /// Records that the store was unlocked (and how many records it served).
 fn log_unlock(st: &mut State) -> Result<(), ErrorBody> {
-    let (_, event, counter) = seal_with_event(st, Vec::new(), EventKind::Unlock, &[])?;
+    let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Unlock, &[])?;
     st.db.write(Some(&counter), |tx| db::insert_event(tx, &event)).map_err(storage)
 }
 

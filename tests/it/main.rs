@@ -3,6 +3,7 @@
 
 mod keyfile;
 mod lifecycle;
+mod mcp;
 mod plaintext;
 mod protocol;
 mod support;
