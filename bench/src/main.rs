@@ -37,6 +37,7 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("seal") => seal(flag("--iters", 20_000), json),
         Some("store") => store(flag("--records", 10_000), flag("--queries", 1_000), json),
+        Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
         _ => {
             eprintln!(
                 "usage: iai-bench seal [--iters N] [--json] | iai-bench store [--records N] [--queries Q] [--json]"
@@ -339,4 +340,79 @@ fn store(records: usize, queries: usize, json: bool) {
     println!("unlock minus Argon2 (p50)    {:>10.1} ms", (u.p50 - a.p50) / 1e3);
     println!("peak RSS storer / keyholder  {storer_rss:>10.1} / {keyholder_rss:.1} MiB");
     println!("mean hits per recall         {:>10.1}", hits as f64 / queries.max(1) as f64);
+}
+
+/// The same captures and recalls through the storer socket and through the
+/// MCP shim (rmcp's client over `iai-mcp mcp`), interleaved so both see the
+/// same machine load; reports the shim's overhead as a ratio.
+fn mcp(records: usize, queries: usize, json: bool) {
+    use rmcp::model::CallToolRequestParams;
+    use rmcp::transport::TokioChildProcess;
+    use rmcp::ServiceExt;
+
+    let bin = iai_bin();
+    let dir = tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir");
+    let home = dir.path().join("h");
+    run(&bin, &home, &["init"], true);
+    run(&bin, &home, &["unlock"], true);
+    let ihome = iai_policy::Home::new(home.clone()).expect("home");
+    let mut client = Client::connect(&ihome).expect("connect");
+    let mut rng = Rng(42);
+    for i in 0..records {
+        client.capture(CaptureRequest { text: memory_text(&mut rng, i), ..Default::default() }).expect("capture");
+        if !json && (i + 1) % 10_000 == 0 {
+            eprintln!("  captured {} of {records}", i + 1);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (direct_c, shim_c, direct_r, shim_r) = rt.block_on(async {
+        let mut cmd = tokio::process::Command::new(&bin);
+        cmd.arg("mcp").env("IAI_MCP_HOME", &home);
+        let session = ().serve(TokioChildProcess::new(cmd).expect("spawn shim")).await.expect("mcp session");
+        let (mut dc, mut sc, mut dr, mut sr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..queries {
+            let text = memory_text(&mut rng, records + 2 * i);
+            let t = Instant::now();
+            client.capture(CaptureRequest { text, ..Default::default() }).expect("capture");
+            dc.push(t.elapsed());
+            let text = memory_text(&mut rng, records + 2 * i + 1);
+            let args = serde_json::json!({"text": text}).as_object().cloned().expect("args");
+            let t = Instant::now();
+            session.call_tool(CallToolRequestParams::new("memory_capture").with_arguments(args)).await.expect("mcp capture");
+            sc.push(t.elapsed());
+
+            let cue = format!("{} {}", VOCAB[rng.below(VOCAB.len())], VOCAB[rng.below(VOCAB.len())]);
+            let t = Instant::now();
+            client.recall(RecallRequest { cue: cue.clone(), limit: Some(10), ..Default::default() }).expect("recall");
+            dr.push(t.elapsed());
+            let args = serde_json::json!({"cue": cue, "limit": 10}).as_object().cloned().expect("args");
+            let t = Instant::now();
+            session.call_tool(CallToolRequestParams::new("memory_recall").with_arguments(args)).await.expect("mcp recall");
+            sr.push(t.elapsed());
+        }
+        let _ = session.cancel().await;
+        (dc, sc, dr, sr)
+    });
+    drop(client);
+    run(&bin, &home, &["lock"], false);
+    let rows = [
+        ("capture, storer socket", summarize(direct_c)),
+        ("capture, MCP shim", summarize(shim_c)),
+        ("recall, storer socket", summarize(direct_r)),
+        ("recall, MCP shim", summarize(shim_r)),
+    ];
+    if json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|(n, s)| serde_json::json!({"path": n, "p50_us": s.p50, "p95_us": s.p95, "p99_us": s.p99, "n": s.n}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"records": records, "rows": v})).expect("json"));
+        return;
+    }
+    println!("MCP shim vs storer socket at {records} records (same run, interleaved)");
+    println!("{:<26} {:>10} {:>10} {:>10} {:>8}", "latency (µs)", "p50", "p95", "p99", "n");
+    for (n, s) in &rows {
+        println!("{n:<26} {:>10.0} {:>10.0} {:>10.0} {:>8}", s.p50, s.p95, s.p99, s.n);
+    }
+    println!("shim/socket ratio p50: capture {:.2}x, recall {:.2}x", rows[1].1.p50 / rows[0].1.p50, rows[3].1.p50 / rows[2].1.p50);
 }
