@@ -108,7 +108,11 @@ enum Cmd {
         ids: Vec<String>,
     },
     /// Serve MCP on stdin/stdout for an MCP host (Claude Code, Codex, …).
-    Mcp,
+    Mcp {
+        /// Run even if the kernel cannot enforce the sandbox (Landlock, seccomp). Not recommended.
+        #[arg(long)]
+        allow_degraded_sandbox: bool,
+    },
     /// Show the audit trail of operations, newest first.
     Events {
         /// Only events at or after this time (RFC 3339, e.g. 2026-11-28T09:00:00Z).
@@ -201,10 +205,20 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Init { passphrase_fd } => init(&home, passphrase_fd),
         Cmd::Unlock { passphrase_fd, allow_degraded_sandbox } => unlock(&home, passphrase_fd, allow_degraded_sandbox),
         Cmd::Lock => lock(&home),
-        Cmd::Mcp => match iai_shim::run(home) {
-            0 => Ok(()),
-            _ => bail!("the MCP session ended with an error"),
-        },
+        Cmd::Mcp { allow_degraded_sandbox } => {
+            // Locked down before the runtime or any thread exists: the shim
+            // parses the host's input and needs no file, only the storer socket.
+            let opts = iai_policy::Options { allow_degraded: allow_degraded_sandbox };
+            let applied = iai_policy::apply(&iai_policy::Sandbox::shim(), &[], opts)
+                .context("the MCP server refuses to start without its sandbox")?;
+            for d in &applied.degraded {
+                eprintln!("iai-mcp mcp: WARNING: sandbox degraded: {d}");
+            }
+            match iai_shim::run(home) {
+                0 => Ok(()),
+                _ => bail!("the MCP session ended with an error"),
+            }
+        }
         Cmd::Status { json } => status(&home, json),
         Cmd::Capture { text, tier, role, session, cue, tags } => {
             let text = text_arg(text)?;

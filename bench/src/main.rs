@@ -378,7 +378,10 @@ fn mcp(records: usize, queries: usize, json: bool) {
             let text = memory_text(&mut rng, records + 2 * i + 1);
             let args = serde_json::json!({"text": text}).as_object().cloned().expect("args");
             let t = Instant::now();
-            session.call_tool(CallToolRequestParams::new("memory_capture").with_arguments(args)).await.expect("mcp capture");
+            session
+                .call_tool(CallToolRequestParams::new("memory_capture").with_arguments(args))
+                .await
+                .expect("mcp capture");
             sc.push(t.elapsed());
 
             let cue = format!("{} {}", VOCAB[rng.below(VOCAB.len())], VOCAB[rng.below(VOCAB.len())]);
@@ -387,7 +390,10 @@ fn mcp(records: usize, queries: usize, json: bool) {
             dr.push(t.elapsed());
             let args = serde_json::json!({"cue": cue, "limit": 10}).as_object().cloned().expect("args");
             let t = Instant::now();
-            session.call_tool(CallToolRequestParams::new("memory_recall").with_arguments(args)).await.expect("mcp recall");
+            session
+                .call_tool(CallToolRequestParams::new("memory_recall").with_arguments(args))
+                .await
+                .expect("mcp recall");
             sr.push(t.elapsed());
         }
         let _ = session.cancel().await;
@@ -406,7 +412,10 @@ fn mcp(records: usize, queries: usize, json: bool) {
             .iter()
             .map(|(n, s)| serde_json::json!({"path": n, "p50_us": s.p50, "p95_us": s.p95, "p99_us": s.p99, "n": s.n}))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"records": records, "rows": v})).expect("json"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"records": records, "rows": v})).expect("json")
+        );
         return;
     }
     println!("MCP shim vs storer socket at {records} records (same run, interleaved)");
@@ -414,5 +423,9 @@ fn mcp(records: usize, queries: usize, json: bool) {
     for (n, s) in &rows {
         println!("{n:<26} {:>10.0} {:>10.0} {:>10.0} {:>8}", s.p50, s.p95, s.p99, s.n);
     }
-    println!("shim/socket ratio p50: capture {:.2}x, recall {:.2}x", rows[1].1.p50 / rows[0].1.p50, rows[3].1.p50 / rows[2].1.p50);
+    println!(
+        "shim/socket ratio p50: capture {:.2}x, recall {:.2}x",
+        rows[1].1.p50 / rows[0].1.p50,
+        rows[3].1.p50 / rows[2].1.p50
+    );
 }

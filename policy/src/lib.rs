@@ -13,9 +13,10 @@
 //! enforce what a role needs, [`apply`] returns an error unless the user opted
 //! into a degraded mode, and the degradation is reported so `status` and
 //! `audit` can show it.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod layout;
+mod sys;
 pub mod syscalls;
 
 use std::collections::BTreeMap;
@@ -43,6 +44,7 @@ pub const LANDLOCK_ABI: ABI = ABI::V6;
 pub enum Role {
     Keyholder,
     Storer,
+    Shim,
 }
 
 impl Role {
@@ -50,6 +52,7 @@ impl Role {
         match self {
             Role::Keyholder => "keyholder",
             Role::Storer => "storer",
+            Role::Shim => "shim",
         }
     }
 }
@@ -86,6 +89,27 @@ impl Sandbox {
             allow: syscalls::storer(),
             refuse: syscalls::storer_refusals(),
         }
+    }
+
+    /// The MCP shim: no filesystem (it reaches the storer's socket by path,
+    /// which Landlock ABI 6 does not govern), AF_UNIX sockets only, no exec.
+    pub fn shim() -> Self {
+        Sandbox { role: Role::Shim, fs: FsView::Nothing, allow: syscalls::shim(), refuse: syscalls::shim_refusals() }
+    }
+
+    /// The declaration of `role` (the storer's paths derive from `home`).
+    pub fn of(role: Role, home: &Home) -> Self {
+        match role {
+            Role::Keyholder => Sandbox::keyholder(),
+            Role::Storer => Sandbox::storer(home),
+            Role::Shim => Sandbox::shim(),
+        }
+    }
+
+    /// True when this sandbox lets the role create sockets of a family that
+    /// can reach a network (anything but AF_UNIX).
+    pub fn allows_network_sockets(&self) -> bool {
+        self.allow.iter().any(|c| c.nr == libc::SYS_socket && c.rule != ArgRule::Eq(0, libc::AF_UNIX as u64))
     }
 
     /// A reviewable, stable text form of the declaration. Paths are shown
@@ -132,6 +156,30 @@ fn render_rule(rule: ArgRule) -> String {
         ArgRule::MaskSet(i, m) => format!(" if arg{i} & {m:#x} == {m:#x}"),
         ArgRule::Eq(i, v) => format!(" if arg{i} == {v}"),
         ArgRule::SelfPid(i) => format!(" if arg{i} == own pid"),
+    }
+}
+
+/// What the running kernel offers, for `audit` and error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KernelFeatures {
+    /// The Landlock ABI version, or why there is none.
+    pub landlock: Result<i32, String>,
+    /// Seccomp return actions the kernel supports (`/proc/sys/kernel/seccomp/actions_avail`).
+    pub seccomp_actions: Vec<String>,
+}
+
+impl KernelFeatures {
+    pub fn probe() -> KernelFeatures {
+        let seccomp_actions = std::fs::read_to_string("/proc/sys/kernel/seccomp/actions_avail")
+            .map(|s| s.split_whitespace().map(String::from).collect())
+            .unwrap_or_default();
+        KernelFeatures { landlock: sys::landlock_abi(), seccomp_actions }
+    }
+
+    /// Everything the roles need: Landlock ABI 6 and seccomp's kill, errno and allow actions.
+    pub fn sufficient(&self) -> bool {
+        self.landlock.as_ref().is_ok_and(|v| *v >= LANDLOCK_ABI as i32)
+            && ["kill_process", "errno", "allow"].iter().all(|a| self.seccomp_actions.iter().any(|s| s == a))
     }
 }
 
@@ -343,9 +391,10 @@ mod tests {
     #[test]
     fn allow_lists_compile() {
         let home = Home::new("/tmp/h".into()).expect("valid home");
-        for sb in [Sandbox::keyholder(), Sandbox::storer(&home)] {
+        for sb in [Sandbox::keyholder(), Sandbox::storer(&home), Sandbox::shim()] {
             let progs = compile(&sb).expect("compiles");
             assert_eq!(progs.len(), 1 + sb.refuse.len());
+            assert!(!sb.allows_network_sockets(), "{:?} may open network sockets", sb.role);
         }
     }
 
@@ -353,7 +402,11 @@ mod tests {
     #[test]
     fn snapshots_match_the_declarations() {
         let home = Home::new("/h".into()).expect("valid home");
-        for (sb, file) in [(Sandbox::keyholder(), "keyholder.txt"), (Sandbox::storer(&home), "storer.txt")] {
+        for (sb, file) in [
+            (Sandbox::keyholder(), "keyholder.txt"),
+            (Sandbox::storer(&home), "storer.txt"),
+            (Sandbox::shim(), "shim.txt"),
+        ] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots").join(file);
             let rendered = sb.render(Some(&home));
             if std::env::var_os("IAI_MCP_BLESS").is_some() {

@@ -141,6 +141,52 @@ const STORER: &[Syscall] = &[
     sc!(SYS_dup3),
 ];
 
+/// The MCP shim: stdio, one UNIX-socket connection to the storer at a time
+/// (`socket` only for AF_UNIX), a small async runtime with worker threads.
+/// Landlock denies every file, so `openat` can only fail with EACCES.
+const SHIM: &[Syscall] = &[
+    sc!(SYS_read),
+    sc!(SYS_write),
+    sc!(SYS_readv),
+    sc!(SYS_writev),
+    sc!(SYS_recvfrom),
+    sc!(SYS_sendto),
+    sc!(SYS_recvmsg),
+    sc!(SYS_sendmsg),
+    sc!(SYS_socket, ArgRule::Eq(0, libc::AF_UNIX as u64)),
+    sc!(SYS_socketpair, ArgRule::Eq(0, libc::AF_UNIX as u64)),
+    sc!(SYS_connect),
+    sc!(SYS_getsockopt),
+    sc!(SYS_setsockopt),
+    sc!(SYS_shutdown),
+    sc!(SYS_openat),
+    sc!(SYS_fstat),
+    sc!(SYS_newfstatat),
+    sc!(SYS_statx),
+    sc!(SYS_fcntl),
+    sc!(SYS_ioctl, ArgRule::Eq(1, libc::FIONBIO)),
+    sc!(SYS_lseek),
+    sc!(SYS_epoll_create1),
+    sc!(SYS_epoll_ctl),
+    sc!(SYS_epoll_wait),
+    sc!(SYS_epoll_pwait),
+    sc!(SYS_epoll_pwait2),
+    sc!(SYS_eventfd2),
+    sc!(SYS_pipe2),
+    sc!(SYS_poll),
+    sc!(SYS_ppoll),
+    sc!(SYS_clock_nanosleep),
+    sc!(SYS_nanosleep),
+    sc!(SYS_getuid),
+    sc!(SYS_clone, ArgRule::MaskSet(0, CLONE_THREAD)),
+    sc!(SYS_clone3),
+    sc!(SYS_set_robust_list),
+    sc!(SYS_rseq),
+    sc!(SYS_sched_getaffinity),
+    sc!(SYS_prctl, ArgRule::Eq(0, libc::PR_SET_NAME as u64)),
+    sc!(SYS_rt_sigaction),
+];
+
 /// The keyholder's full allow-list: runtime plus its own calls.
 pub fn keyholder() -> Vec<Syscall> {
     RUNTIME.iter().chain(KEYHOLDER).copied().collect()
@@ -148,6 +194,19 @@ pub fn keyholder() -> Vec<Syscall> {
 
 pub fn storer() -> Vec<Syscall> {
     RUNTIME.iter().chain(STORER).copied().collect()
+}
+
+pub fn shim() -> Vec<Syscall> {
+    RUNTIME.iter().chain(SHIM).copied().collect()
+}
+
+/// The shim starts threads like the storer.
+pub fn shim_refusals() -> Vec<Refusal> {
+    vec![Refusal {
+        call: sc!(SYS_clone3),
+        errno: libc::ENOSYS,
+        why: "clone3 passes its flags in memory seccomp cannot inspect; std falls back to clone",
+    }]
 }
 
 /// Calls refused with an errno rather than a kill, so the runtime can fall
@@ -189,15 +248,21 @@ mod tests {
             libc::SYS_io_uring_setup,
             libc::SYS_mount,
             libc::SYS_unshare,
-            libc::SYS_socket,
-            libc::SYS_connect,
             libc::SYS_fork,
             libc::SYS_vfork,
+            libc::SYS_bind,
+            libc::SYS_listen,
         ];
-        for list in [keyholder(), storer()] {
+        for list in [keyholder(), storer(), shim()] {
             for call in &list {
                 assert!(!forbidden.contains(&call.nr), "{} must not be allowed", call.name());
+                if call.nr == libc::SYS_socket {
+                    assert_eq!(call.rule, ArgRule::Eq(0, libc::AF_UNIX as u64), "sockets other than AF_UNIX");
+                }
             }
+        }
+        for list in [keyholder(), storer()] {
+            assert!(!list.iter().any(|c| [libc::SYS_socket, libc::SYS_connect].contains(&c.nr)));
         }
         for call in keyholder() {
             assert!(

@@ -53,6 +53,13 @@ const CASES: &[Case] = &[
     case("storer-exec", true, Expect::Sigsys),
     case("storer-ptrace-sibling", true, Expect::Sigsys),
     case("storer-store-and-threads", true, Expect::Allowed),
+    case("shim-open-file", false, Expect::Errno(libc::EACCES)),
+    case("shim-open-key", true, Expect::Errno(libc::EACCES)),
+    case("shim-tcp-socket", true, Expect::Sigsys),
+    case("shim-exec", false, Expect::Sigsys),
+    case("shim-fork", true, Expect::Sigsys),
+    case("shim-ptrace-sibling", true, Expect::Sigsys),
+    case("shim-unix-connect-and-threads", true, Expect::Allowed),
 ];
 
 fn main() {
@@ -146,12 +153,16 @@ fn child(name: &str, root: &Path, nobody: bool, sibling: Option<i32>) -> ! {
     let sandbox = match role {
         "keyholder" => Sandbox::keyholder(),
         "storer" => Sandbox::storer(&home),
+        "shim" => Sandbox::shim(),
         other => panic!("unknown role {other}"),
     };
-    // The keyholder keeps one end of a socketpair, as in production.
+    // The keyholder keeps one end of a socketpair, as in production; the
+    // shim's storer is a listener bound before the sandbox.
     let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
+    let listener = std::os::unix::net::UnixListener::bind(home.socket()).expect("bind");
     use std::os::fd::AsRawFd;
-    iai_policy::apply(&sandbox, &[a.as_raw_fd(), b.as_raw_fd()], Options::default()).expect("apply sandbox");
+    let keep = [a.as_raw_fd(), b.as_raw_fd(), listener.as_raw_fd()];
+    iai_policy::apply(&sandbox, &keep, Options::default()).expect("apply sandbox");
     match op {
         "open-file" | "open-outside" => exit_with(std::fs::File::open("/etc/hostname")),
         "open-key" => exit_with(std::fs::File::open(home.key())),
@@ -180,6 +191,14 @@ fn child(name: &str, root: &Path, nobody: bool, sibling: Option<i32>) -> ! {
             let mut buf = [0u8; 4];
             b.read_exact(&mut buf).expect("read");
             std::process::exit(if &buf == b"ping" { 0 } else { 1 })
+        }
+        "unix-connect-and-threads" => {
+            let socket = home.socket();
+            let t = std::thread::spawn(move || std::os::unix::net::UnixStream::connect(socket).is_ok());
+            // The listener's backlog completes the connection; the shim never accepts.
+            let connected = t.join().expect("thread");
+            drop(listener);
+            std::process::exit(if connected { 0 } else { 1 })
         }
         "store-and-threads" => {
             let path: PathBuf = home.store_dir().join("probe.db");

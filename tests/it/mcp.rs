@@ -325,6 +325,14 @@ fn malformed_json_rpc_gets_json_rpc_errors_on_a_clean_stdout() {
             replies.insert(id, v);
         }
     }
+    // The running shim is sandboxed, as seen from outside.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).expect("status");
+    for (k, v) in
+        [("NoNewPrivs:", "1"), ("Seccomp:", "2"), ("CapEff:", "0000000000000000"), ("CapPrm:", "0000000000000000")]
+    {
+        let line = status.lines().find(|l| l.starts_with(k)).unwrap_or_else(|| panic!("{k} missing"));
+        assert_eq!(line.split_whitespace().nth(1), Some(v), "shim {line}");
+    }
     drop(stdin);
     let _ = child.wait();
     assert!(replies[&1]["result"]["serverInfo"]["name"] == "iai-mcp");
