@@ -107,6 +107,15 @@ enum Cmd {
         #[arg(required = true, num_args = 1..=32)]
         ids: Vec<String>,
     },
+    /// Check that files, running processes and the kernel are as safe as designed.
+    ///
+    /// One line per check (PASS, WARN or FAIL, with a fix under each non-PASS).
+    /// Exit status: 0 nothing failed, 1 something failed, 2 the audit could not run.
+    Audit {
+        /// Print JSON: {"version": 1, "home", "checks": [{"id", "status", "detail", "fix"}], "summary"}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Serve MCP on stdin/stdout for an MCP host (Claude Code, Codex, …).
     Mcp {
         /// Run even if the kernel cannot enforce the sandbox (Landlock, seccomp). Not recommended.
@@ -186,6 +195,9 @@ impl From<RoleArg> for Role {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Cmd::Audit { json } = cli.command {
+        return audit(json);
+    }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -205,6 +217,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Init { passphrase_fd } => init(&home, passphrase_fd),
         Cmd::Unlock { passphrase_fd, allow_degraded_sandbox } => unlock(&home, passphrase_fd, allow_degraded_sandbox),
         Cmd::Lock => lock(&home),
+        Cmd::Audit { .. } => unreachable!("handled in main for its own exit codes"),
         Cmd::Mcp { allow_degraded_sandbox } => {
             // Locked down before the runtime or any thread exists: the shim
             // parses the host's input and needs no file, only the storer socket.
@@ -313,6 +326,30 @@ fn run(cmd: Cmd) -> Result<()> {
                 }
             }
             Ok(())
+        }
+    }
+}
+
+fn audit(json: bool) -> ExitCode {
+    let report = Home::from_env()
+        .map_err(|e| iai_audit::AuditError(e.to_string()))
+        .and_then(|home| iai_audit::run(&home, std::env::var_os(passphrase::ENV).is_some()));
+    match report {
+        Err(e) => {
+            eprintln!("iai-mcp audit: could not run: {e}");
+            ExitCode::from(2)
+        }
+        Ok(r) => {
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r.to_json()).unwrap_or_default());
+            } else {
+                print!("{}", r.to_text());
+            }
+            if r.failed() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests: the real `iai-mcp` binary, its real keyholder and storer
 //! processes, a real SQLite file, in temporary homes.
 
+mod audit;
 mod keyfile;
 mod lifecycle;
 mod mcp;

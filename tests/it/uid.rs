@@ -45,3 +45,43 @@ fn another_user_cannot_reach_a_private_home() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
 }
+
+/// Runs a small Python probe as `nobody` and returns what it printed.
+fn probe_as_nobody(code: &str, pid: u32) -> String {
+    let out = std::process::Command::new("python3")
+        .args(["-c", code, &pid.to_string()])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Attacker and target share uid 65534: the keyholder is still out of reach,
+/// because it is non-dumpable.
+#[test]
+fn a_process_of_the_same_uid_cannot_ptrace_or_read_the_keyholder() {
+    let h = TestHome::new_as(NOBODY);
+    h.init();
+    h.unlock();
+    let (kh, st) = h.pids();
+    // PTRACE_ATTACH = 16; prints the return value and errno.
+    let ptrace = "import ctypes,sys\nlibc=ctypes.CDLL(None,use_errno=True)\nr=libc.ptrace(16,int(sys.argv[1]),0,0)\nprint(r, ctypes.get_errno())";
+    assert_eq!(probe_as_nobody(ptrace, kh), format!("-1 {}", nix::libc::EPERM), "ptrace attach to the keyholder");
+    assert_eq!(probe_as_nobody(ptrace, st), format!("-1 {}", nix::libc::EPERM), "ptrace attach to the storer");
+    let mem = "import sys\ntry:\n  open('/proc/%s/mem' % sys.argv[1], 'rb').read(1)\n  print('read')\nexcept OSError as e:\n  print(e.errno)";
+    assert_eq!(probe_as_nobody(mem, kh), nix::libc::EACCES.to_string(), "/proc/<keyholder>/mem");
+    let environ = "import sys\ntry:\n  open('/proc/%s/environ' % sys.argv[1], 'rb').read()\n  print('read')\nexcept OSError as e:\n  print(e.errno)";
+    assert_eq!(probe_as_nobody(environ, kh), nix::libc::EACCES.to_string(), "/proc/<keyholder>/environ");
+    // The probe itself works on an ordinary process of the same uid.
+    let mut sleeper = std::process::Command::new("sleep").arg("30").uid(NOBODY).gid(NOBODY).spawn().expect("sleep");
+    let ok = probe_as_nobody(mem, sleeper.id());
+    let yama = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope").unwrap_or_else(|_| "0".into());
+    if yama.trim() == "0" {
+        // Without Yama's restriction, only non-dumpability explains the EPERM above.
+        assert_eq!(probe_as_nobody(ptrace, sleeper.id()), "0 0", "control: ptrace of a dumpable process works");
+    }
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert_ne!(ok, nix::libc::EACCES.to_string(), "control: a dumpable process of the same uid is readable");
+}

@@ -1,0 +1,264 @@
+//! Checks of the running roles, read from `/proc` and compared with the
+//! sandbox each role declares in `iai_policy`.
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+
+use iai_policy::{Home, Role, Sandbox};
+use iai_storer::client::{Client, ClientError};
+
+use crate::Check;
+
+/// What `/proc` tells about one process.
+#[derive(Clone, Debug, Default)]
+pub struct RoleFacts {
+    pub uid: u32,
+    pub no_new_privs: Option<bool>,
+    pub seccomp: Option<u8>,
+    /// CapInh, CapPrm, CapEff, CapAmb.
+    pub caps: Vec<(String, u64)>,
+    /// Owner of `/proc/PID/fd`: root for a non-dumpable process.
+    pub proc_owner: u32,
+    pub core_limit: Option<(String, String)>,
+    /// Socket inodes among its descriptors; None when they cannot be read.
+    pub socket_inodes: Option<Vec<u64>>,
+    /// Its environment; None when it cannot be read.
+    pub environ: Option<Vec<u8>>,
+}
+
+fn read_facts(pid: u32) -> Option<RoleFacts> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+    let caps = ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"]
+        .iter()
+        .filter_map(|k| {
+            field(k).and_then(|v| u64::from_str_radix(v, 16).ok()).map(|v| (k.trim_end_matches(':').to_string(), v))
+        })
+        .collect();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let core_limit = limits.lines().find(|l| l.starts_with("Max core file size")).and_then(|l| {
+        let mut w = l.split_whitespace().skip(4);
+        Some((w.next()?.to_string(), w.next()?.to_string()))
+    });
+    let socket_inodes = std::fs::read_dir(format!("/proc/{pid}/fd")).ok().map(|rd| {
+        rd.flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .filter_map(|t| t.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok())
+            .collect()
+    });
+    Some(RoleFacts {
+        uid,
+        no_new_privs: field("NoNewPrivs:").map(|v| v == "1"),
+        seccomp: field("Seccomp:").and_then(|v| v.parse().ok()),
+        caps,
+        proc_owner: std::fs::metadata(format!("/proc/{pid}/fd")).map(|m| m.uid()).unwrap_or(u32::MAX),
+        core_limit,
+        socket_inodes,
+        environ: std::fs::read(format!("/proc/{pid}/environ")).ok(),
+    })
+}
+
+/// Inodes of every TCP, UDP and raw socket in this network namespace.
+fn network_inodes() -> HashSet<u64> {
+    let mut out = HashSet::new();
+    for f in ["tcp", "tcp6", "udp", "udp6", "udplite", "udplite6", "raw", "raw6"] {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/net/{f}")) else { continue };
+        for line in s.lines().skip(1) {
+            if let Some(inode) = line.split_whitespace().nth(9).and_then(|v| v.parse().ok()) {
+                out.insert(inode);
+            }
+        }
+    }
+    out
+}
+
+/// Pure: one role's process against its declared sandbox.
+pub fn role_checks(name: &str, pid: u32, f: &RoleFacts, sandbox: &Sandbox, net: &HashSet<u64>) -> Vec<Check> {
+    let id = |k: &str| format!("role.{name}.{k}");
+    let restart = "run `iai-mcp lock` then `iai-mcp unlock` (an older or modified binary may be running)";
+    let mut out = Vec::new();
+    out.push(match f.no_new_privs {
+        Some(true) => Check::pass(id("no_new_privs"), format!("pid {pid}: NoNewPrivs 1")),
+        _ => Check::fail(id("no_new_privs"), format!("pid {pid}: NoNewPrivs is not set"), restart),
+    });
+    out.push(match f.seccomp {
+        Some(2) => Check::pass(id("seccomp"), format!("pid {pid}: seccomp filter mode (2)")),
+        other => Check::fail(id("seccomp"), format!("pid {pid}: seccomp mode {other:?}, expected 2 (filter)"), restart),
+    });
+    let held: Vec<String> = f.caps.iter().filter(|(_, v)| *v != 0).map(|(k, v)| format!("{k} {v:016x}")).collect();
+    out.push(if held.is_empty() && f.caps.len() == 4 {
+        Check::pass(id("capabilities"), format!("pid {pid}: no capabilities"))
+    } else {
+        Check::fail(id("capabilities"), format!("pid {pid}: holds capabilities ({})", held.join(", ")), restart)
+    });
+    out.push(if f.uid == 0 {
+        Check::warn(
+            id("dumpable"),
+            format!(
+                "pid {pid} runs as root, so /proc cannot show whether it is dumpable (roles set PR_SET_DUMPABLE 0)"
+            ),
+            "run iai-mcp as an ordinary user, not root",
+        )
+    } else if f.proc_owner == 0 {
+        Check::pass(id("dumpable"), format!("pid {pid}: not dumpable (its /proc entries belong to root)"))
+    } else {
+        Check::fail(id("dumpable"), format!("pid {pid}: dumpable; your other processes could read its memory"), restart)
+    });
+    out.push(match &f.core_limit {
+        Some((soft, hard)) if soft == "0" && hard == "0" => {
+            Check::pass(id("core_limit"), format!("pid {pid}: core files disabled"))
+        }
+        other => Check::fail(id("core_limit"), format!("pid {pid}: core file limit {other:?}, expected 0"), restart),
+    });
+    out.push(match &f.socket_inodes {
+        Some(socks) => match socks.iter().filter(|i| net.contains(i)).count() {
+            0 => Check::pass(id("network"), format!("pid {pid}: no TCP/UDP/raw socket among its descriptors")),
+            n => Check::fail(
+                id("network"),
+                format!("pid {pid}: {n} network socket(s) open"),
+                "stop it now (`iai-mcp lock`) and report this as a security bug",
+            ),
+        },
+        None if f.seccomp == Some(2) && !sandbox.allows_network_sockets() => Check::pass(
+            id("network"),
+            format!("pid {pid}: no network socket can exist (seccomp allows AF_UNIX sockets only; descriptors are private to the non-dumpable process)"),
+        ),
+        None => Check::warn(
+            id("network"),
+            format!("pid {pid}: cannot list its descriptors"),
+            "run `iai-mcp audit` as root to inspect them",
+        ),
+    });
+    out.push(match &f.environ {
+        Some(env) if env.split(|&b| b == 0).any(|v| v.starts_with(b"IAI_MCP_PASSPHRASE=")) => Check::warn(
+            id("environment"),
+            format!("pid {pid}: IAI_MCP_PASSPHRASE is in its environment"),
+            "restart it from a shell without IAI_MCP_PASSPHRASE set",
+        ),
+        Some(_) => Check::pass(id("environment"), format!("pid {pid}: no passphrase in its environment")),
+        None => Check::pass(
+            id("environment"),
+            format!("pid {pid}: environment private to the process (roles start with an empty environment)"),
+        ),
+    });
+    out.push(if f.uid == 0 {
+        Check::warn(id("user"), format!("pid {pid} runs as root"), "run iai-mcp as an ordinary user, not root")
+    } else {
+        Check::pass(id("user"), format!("pid {pid} runs as uid {}", f.uid))
+    });
+    out
+}
+
+/// `iai-mcp mcp` processes of this user: found by their command line.
+fn shim_pids(uid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
+        let is_shim = args.len() >= 2 && args[0].ends_with(b"iai-mcp") && args[1] == b"mcp";
+        if is_shim && read_facts(pid).is_some_and(|f| f.uid == uid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+pub fn check(home: &Home, uid: u32) -> Vec<Check> {
+    let mut out = Vec::new();
+    let net = network_inodes();
+    let stats = match Client::connect(home).and_then(|mut c| c.stats()) {
+        Ok(s) => Some(s),
+        Err(ClientError::Locked) => None,
+        Err(e) => {
+            out.push(Check::warn("daemon.state", format!("the daemon does not answer: {e}"), "run `iai-mcp status`"));
+            None
+        }
+    };
+    match &stats {
+        None => out.push(Check::pass("daemon.state", "locked: no process holds the key")),
+        Some(s) => {
+            out.push(Check::pass(
+                "daemon.state",
+                format!("unlocked: keyholder pid {}, storer pid {}", s.keyholder_pid, s.storer_pid),
+            ));
+            out.push(if s.degraded.is_empty() {
+                Check::pass("daemon.degraded", "keyholder and storer run with their full sandbox")
+            } else {
+                Check::fail(
+                    "daemon.degraded",
+                    format!("started with --allow-degraded-sandbox: {}", s.degraded.join("; ")),
+                    "`iai-mcp lock`, then `iai-mcp unlock` without --allow-degraded-sandbox on a kernel with Landlock ABI 6",
+                )
+            });
+            for (role, pid) in [(Role::Keyholder, s.keyholder_pid), (Role::Storer, s.storer_pid)] {
+                match read_facts(pid) {
+                    Some(f) => out.extend(role_checks(role.name(), pid, &f, &Sandbox::of(role, home), &net)),
+                    None => out.push(Check::fail(
+                        format!("role.{}.running", role.name()),
+                        format!("pid {pid} is gone"),
+                        "run `iai-mcp status`; unlock again if needed",
+                    )),
+                }
+            }
+        }
+    }
+    for pid in shim_pids(uid) {
+        if let Some(f) = read_facts(pid) {
+            out.extend(role_checks("shim", pid, &f, &Sandbox::shim(), &net));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hardened() -> RoleFacts {
+        RoleFacts {
+            uid: 1000,
+            no_new_privs: Some(true),
+            seccomp: Some(2),
+            caps: ["CapInh", "CapPrm", "CapEff", "CapAmb"].iter().map(|k| (k.to_string(), 0)).collect(),
+            proc_owner: 0,
+            core_limit: Some(("0".into(), "0".into())),
+            socket_inodes: None,
+            environ: None,
+        }
+    }
+
+    fn statuses(f: &RoleFacts) -> Vec<(String, crate::Status)> {
+        let net = HashSet::from([42]);
+        role_checks("keyholder", 7, f, &Sandbox::keyholder(), &net).into_iter().map(|c| (c.id, c.status)).collect()
+    }
+
+    #[test]
+    fn a_hardened_role_passes_everything() {
+        assert!(statuses(&hardened()).iter().all(|(_, s)| *s == crate::Status::Pass), "{:?}", statuses(&hardened()));
+    }
+
+    #[test]
+    fn each_weakness_is_caught() {
+        type Weaken = fn(&mut RoleFacts);
+        let cases: Vec<(&str, Weaken)> = vec![
+            ("role.keyholder.no_new_privs", |f| f.no_new_privs = Some(false)),
+            ("role.keyholder.seccomp", |f| f.seccomp = Some(0)),
+            ("role.keyholder.capabilities", |f| f.caps[2].1 = 1 << 21),
+            ("role.keyholder.dumpable", |f| f.proc_owner = 1000),
+            ("role.keyholder.core_limit", |f| f.core_limit = Some(("unlimited".into(), "unlimited".into()))),
+            ("role.keyholder.network", |f| f.socket_inodes = Some(vec![41, 42])),
+        ];
+        for (id, mutate) in cases {
+            let mut f = hardened();
+            mutate(&mut f);
+            let s = statuses(&f);
+            assert!(s.iter().any(|(i, st)| i == id && *st == crate::Status::Fail), "{id} not caught: {s:?}");
+        }
+        let mut f = hardened();
+        f.environ = Some(b"A=1\0IAI_MCP_PASSPHRASE=x\0".to_vec());
+        assert!(statuses(&f).iter().any(|(i, s)| i == "role.keyholder.environment" && *s == crate::Status::Warn));
+    }
+}
