@@ -28,6 +28,9 @@ step "$bin" status
 id=$("$bin" recall "rusqlite" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["hits"][0]["id"])')
 step "$bin" forget "$id"
 
+# As root, audit warns that the roles run as root: run iai-mcp as your own user.
+step "$bin" audit
+
 printf '\n\033[1m$ grep for the captured text in every file under the home\033[0m\n'
 if grep -rl -e "staging database" -e "rusqlite" -e "木曜日" "$IAI_MCP_HOME"; then
   echo "FOUND PLAINTEXT ON DISK" >&2
