@@ -73,6 +73,9 @@ enum Cmd {
         /// A tag (repeatable).
         #[arg(long = "tag", value_name = "TAG")]
         tags: Vec<String>,
+        /// The project (directory) the memory belongs to.
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Find the memories that best match CUE.
     Recall {
@@ -85,6 +88,9 @@ enum Cmd {
         role: Option<RoleArg>,
         #[arg(long)]
         session: Option<String>,
+        /// Only memories of this project (directory).
+        #[arg(long)]
+        project: Option<String>,
         /// Print JSON.
         #[arg(long, conflicts_with = "raw")]
         json: bool,
@@ -115,6 +121,16 @@ enum Cmd {
         /// Print JSON: {"version": 1, "home", "checks": [{"id", "status", "detail", "fix"}], "summary"}.
         #[arg(long)]
         json: bool,
+    },
+    /// Install, remove or show the Claude Code and Codex hooks that capture every turn.
+    Hooks {
+        #[command(subcommand)]
+        action: HooksAction,
+    },
+    /// Run one hook (called by Claude Code or Codex with the hook's JSON on stdin; always exits 0).
+    Hook {
+        #[arg(value_enum)]
+        event: HookEvent,
     },
     /// Serve MCP on stdin/stdout for an MCP host (Claude Code, Codex, …).
     Mcp {
@@ -153,6 +169,50 @@ impl From<TierArg> for Tier {
             TierArg::Procedural => Tier::Procedural,
         }
     }
+}
+
+#[derive(Subcommand)]
+enum HooksAction {
+    /// Add the hooks (keeps every other setting; backs up the old file; idempotent).
+    Install {
+        #[arg(long, value_enum, default_value_t = Target::All)]
+        target: Target,
+    },
+    /// Remove exactly the hooks `install` added.
+    Uninstall {
+        #[arg(long, value_enum, default_value_t = Target::All)]
+        target: Target,
+    },
+    /// Show what is installed and whether the binary it runs still exists.
+    Status {
+        #[arg(long, value_enum, default_value_t = Target::All)]
+        target: Target,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Target {
+    Claude,
+    Codex,
+    All,
+}
+
+impl Target {
+    fn hosts(self) -> Vec<crate::hooks::settings::Host> {
+        crate::hooks::hosts(match self {
+            Target::Claude => "claude",
+            Target::Codex => "codex",
+            Target::All => "all",
+        })
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum HookEvent {
+    /// UserPromptSubmit and Stop: capture the new turns of the transcript.
+    Capture,
+    /// SessionStart: print a short memory prefix for the host.
+    SessionStart,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -195,8 +255,30 @@ impl From<RoleArg> for Role {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Audit { json } = cli.command {
-        return audit(json);
+    match cli.command {
+        Cmd::Audit { json } => return audit(json),
+        Cmd::Hook { event } => {
+            crate::hooks::run_hook(match event {
+                HookEvent::Capture => "capture",
+                HookEvent::SessionStart => "session-start",
+            });
+            return ExitCode::SUCCESS;
+        }
+        Cmd::Hooks { action } => {
+            let r = match action {
+                HooksAction::Install { target } => crate::hooks::install(&target.hosts()),
+                HooksAction::Uninstall { target } => crate::hooks::uninstall(&target.hosts()),
+                HooksAction::Status { target } => crate::hooks::status(&target.hosts()),
+            };
+            return match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("iai-mcp: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
     }
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -217,7 +299,9 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Init { passphrase_fd } => init(&home, passphrase_fd),
         Cmd::Unlock { passphrase_fd, allow_degraded_sandbox } => unlock(&home, passphrase_fd, allow_degraded_sandbox),
         Cmd::Lock => lock(&home),
-        Cmd::Audit { .. } => unreachable!("handled in main for its own exit codes"),
+        Cmd::Audit { .. } | Cmd::Hook { .. } | Cmd::Hooks { .. } => {
+            unreachable!("handled in main for their own exit codes")
+        }
         Cmd::Mcp { allow_degraded_sandbox } => {
             // Locked down before the runtime or any thread exists: the shim
             // parses the host's input and needs no file, only the storer socket.
@@ -233,10 +317,18 @@ fn run(cmd: Cmd) -> Result<()> {
             }
         }
         Cmd::Status { json } => status(&home, json),
-        Cmd::Capture { text, tier, role, session, cue, tags } => {
+        Cmd::Capture { text, tier, role, session, cue, tags, project } => {
             let text = text_arg(text)?;
-            let req =
-                CaptureRequest { text, cue, tier: tier.into(), role: role.into(), session, tags, ..Default::default() };
+            let req = CaptureRequest {
+                text,
+                cue,
+                tier: tier.into(),
+                role: role.into(),
+                session,
+                tags,
+                project,
+                ..Default::default()
+            };
             let r = Client::connect(&home)?.capture(req)?;
             match r.status {
                 CaptureStatus::Inserted => println!("{} inserted", r.id),
@@ -246,13 +338,14 @@ fn run(cmd: Cmd) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Recall { cue, limit, tier, role, session, json, raw } => {
+        Cmd::Recall { cue, limit, tier, role, session, project, json, raw } => {
             let req = RecallRequest {
                 cue,
                 limit: Some(limit),
                 tier: tier.map(Into::into),
                 role: role.map(Into::into),
                 session,
+                project,
                 ..Default::default()
             };
             let r = Client::connect(&home)?.recall(req)?;

@@ -4,6 +4,7 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod hooks;
 mod passphrase;
 mod roles;
 mod sys;

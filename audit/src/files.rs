@@ -56,6 +56,7 @@ const EXPECTED: &[&str] = &[
     "run/iai-mcp.sock",
     "run/iai-mcp.pid",
     "run/daemon.log",
+    "run/hooks.log",
 ];
 
 pub fn check(home: &Home, uid: u32) -> Vec<Check> {

@@ -38,6 +38,13 @@ fn main() {
         Some("seal") => seal(flag("--iters", 20_000), json),
         Some("store") => store(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
+        Some("sandbox-cost") => {
+            let other =
+                args.iter().position(|a| a == "--unsandboxed-bin").and_then(|i| args.get(i + 1)).unwrap_or_else(|| {
+                    die("sandbox-cost needs --unsandboxed-bin PATH (see scripts/bench-sandbox-cost.sh)")
+                });
+            sandbox_cost(Path::new(other), flag("--records", 10_000), flag("--queries", 1_000), json)
+        }
         _ => {
             eprintln!(
                 "usage: iai-bench seal [--iters N] [--json] | iai-bench store [--records N] [--queries Q] [--json]"
@@ -428,4 +435,76 @@ fn mcp(records: usize, queries: usize, json: bool) {
         rows[1].1.p50 / rows[0].1.p50,
         rows[3].1.p50 / rows[2].1.p50
     );
+}
+
+/// Capture and recall with and without the sandbox, interleaved in one run:
+/// two homes, one served by the normal binary and one by a build with the
+/// `unsandboxed-bench` feature.
+fn sandbox_cost(unsandboxed: &Path, records: usize, queries: usize, json: bool) {
+    let bins = [iai_bin(), unsandboxed.to_path_buf()];
+    let dirs: Vec<_> =
+        (0..2).map(|_| tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir")).collect();
+    let mut clients = Vec::new();
+    for (bin, dir) in bins.iter().zip(&dirs) {
+        let home = dir.path().join("h");
+        run(bin, &home, &["init"], true);
+        run(bin, &home, &["unlock"], true);
+        let mut c = Client::connect(&iai_policy::Home::new(home).expect("home")).expect("connect");
+        let degraded = !c.stats().expect("stats").degraded.is_empty();
+        if degraded != (bin == unsandboxed) {
+            die(&format!("{} is not the build expected (degraded: {degraded})", bin.display()));
+        }
+        clients.push(c);
+    }
+    let mut rng = Rng(7);
+    for i in 0..records {
+        let text = memory_text(&mut rng, i);
+        for c in &mut clients {
+            c.capture(CaptureRequest { text: text.clone(), ..Default::default() }).expect("capture");
+        }
+    }
+    let mut cap = [Vec::new(), Vec::new()];
+    let mut rec = [Vec::new(), Vec::new()];
+    for i in 0..queries {
+        let text = memory_text(&mut rng, records + i);
+        let cue = format!("{} {}", VOCAB[rng.below(VOCAB.len())], VOCAB[rng.below(VOCAB.len())]);
+        // Alternate which build goes first so neither always runs on a warmer cache.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+        for k in order {
+            let t = Instant::now();
+            clients[k].capture(CaptureRequest { text: text.clone(), ..Default::default() }).expect("capture");
+            cap[k].push(t.elapsed());
+            let t = Instant::now();
+            clients[k]
+                .recall(RecallRequest { cue: cue.clone(), limit: Some(10), ..Default::default() })
+                .expect("recall");
+            rec[k].push(t.elapsed());
+        }
+    }
+    drop(clients);
+    for (bin, dir) in bins.iter().zip(&dirs) {
+        run(bin, &dir.path().join("h"), &["lock"], false);
+    }
+    let [cs, cu] = cap.map(summarize);
+    let [rs, ru] = rec.map(summarize);
+    if json {
+        let s = |x: &Summary| serde_json::json!({"p50_us": x.p50, "p95_us": x.p95, "n": x.n});
+        let v = serde_json::json!({"records": records, "capture": {"sandboxed": s(&cs), "unsandboxed": s(&cu)},
+            "recall": {"sandboxed": s(&rs), "unsandboxed": s(&ru)}});
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!("sandbox cost at {records} records (same run, interleaved)");
+    println!("{:<24} {:>10} {:>10} {:>14}", "latency (µs)", "p50", "p95", "ratio p50/p95");
+    for (name, s, u) in [("capture", &cs, &cu), ("recall", &rs, &ru)] {
+        println!("{:<24} {:>10.0} {:>10.0}", format!("{name}, sandboxed"), s.p50, s.p95);
+        println!(
+            "{:<24} {:>10.0} {:>10.0} {:>7.2} / {:.2}",
+            format!("{name}, unsandboxed"),
+            u.p50,
+            u.p95,
+            s.p50 / u.p50,
+            s.p95 / u.p95
+        );
+    }
 }

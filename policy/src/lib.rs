@@ -15,6 +15,12 @@
 //! `audit` can show it.
 #![deny(unsafe_code)]
 
+#[cfg(all(feature = "unsandboxed-bench", not(iai_bench_build)))]
+compile_error!(
+    "the unsandboxed-bench feature builds iai-mcp WITHOUT its sandbox; it is only for \
+     scripts/bench-sandbox-cost.sh, which also sets RUSTFLAGS=--cfg iai_bench_build"
+);
+
 pub mod layout;
 mod sys;
 pub mod syscalls;
@@ -230,6 +236,13 @@ pub fn harden_process() -> Result<(), PolicyError> {
 /// Landlock binds the calling thread (and threads created after), seccomp is
 /// synchronised to all threads.
 pub fn apply(sandbox: &Sandbox, keep_fds: &[RawFd], opts: Options) -> Result<Applied, PolicyError> {
+    #[cfg(feature = "unsandboxed-bench")]
+    {
+        let _ = (sandbox, keep_fds, opts);
+        harden_process()?;
+        return Ok(Applied { degraded: vec!["UNSANDBOXED BENCHMARK BUILD: no Landlock, no seccomp".into()] });
+    }
+    #[allow(unreachable_code)]
     let mut applied = Applied::default();
     harden_process()?;
     close_stray_fds(keep_fds)?;

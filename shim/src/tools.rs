@@ -107,6 +107,8 @@ pub struct CaptureParams {
     pub role: Option<Role>,
     pub session_id: Option<String>,
     pub tags: Option<Vec<String>>,
+    /// The project (directory) the memory belongs to.
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -136,6 +138,8 @@ pub struct RecallParams {
     pub since: Option<String>,
     /// Only memories created before this time (RFC 3339).
     pub until: Option<String>,
+    /// Only memories of this project (directory).
+    pub project: Option<String>,
     /// The next_cursor of a previous result, to continue it.
     pub cursor: Option<String>,
 }
@@ -156,6 +160,8 @@ pub struct RecalledMemory {
     /// The id of the newer fact that replaced this one, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]
@@ -362,6 +368,7 @@ impl Shim {
             role: p.role.map(Into::into).unwrap_or_default(),
             session: p.session_id,
             tags: p.tags.unwrap_or_default(),
+            project: p.project,
             ..Default::default()
         };
         match self.call(move |c| c.capture(req.clone())).await {
@@ -405,6 +412,7 @@ impl Shim {
             offset: Some(offset),
             since: p.since.as_deref().map(|s| parse_time("since", s)).transpose()?,
             until: p.until.as_deref().map(|s| parse_time("until", s)).transpose()?,
+            project: p.project,
         };
         let r = self.call(move |c| c.recall(req.clone())).await.map_err(explain)?;
         let mut left = budget.saturating_sub(tokens(RECALL_NOTICE));
@@ -438,6 +446,7 @@ impl Shim {
                 text,
                 text_truncated,
                 superseded_by: h.superseded_by,
+                project: h.project,
             });
         }
         let shown = u32::try_from(memories.len()).unwrap_or(u32::MAX);

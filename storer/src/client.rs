@@ -8,8 +8,9 @@ use iai_policy::Home;
 use serde::de::DeserializeOwned;
 
 use crate::proto::{
-    self, Ack, CaptureRequest, CaptureResult, ContradictRequest, ContradictResult, ErrorBody, EventsRequest,
-    EventsResult, ForgetResult, Frame, RecallRequest, RecallResult, ReinforceResult, Request, Stats,
+    self, Ack, CaptureBatchRequest, CaptureBatchResult, CaptureRequest, CaptureResult, ContradictRequest,
+    ContradictResult, CursorValue, ErrorBody, EventsRequest, EventsResult, ForgetResult, Frame, RecallRequest,
+    RecallResult, RecentRequest, ReinforceResult, Request, Stats,
 };
 
 /// Why a request did not produce a result.
@@ -96,6 +97,15 @@ impl Client {
     }
     pub fn events(&mut self, e: EventsRequest) -> Result<EventsResult, ClientError> {
         self.request(&Request::Events(e))
+    }
+    pub fn capture_batch(&mut self, b: CaptureBatchRequest) -> Result<CaptureBatchResult, ClientError> {
+        self.request(&Request::CaptureBatch(b))
+    }
+    pub fn recent(&mut self, r: RecentRequest) -> Result<RecallResult, ClientError> {
+        self.request(&Request::Recent(r))
+    }
+    pub fn get_cursor(&mut self, key: &str) -> Result<Option<String>, ClientError> {
+        self.request::<CursorValue>(&Request::GetCursor { key: key.to_string() }).map(|c| c.value)
     }
     pub fn stats(&mut self) -> Result<Stats, ClientError> {
         self.request(&Request::Stats)

@@ -20,9 +20,10 @@ use serde::{Deserialize, Serialize};
 use crate::db::{self, Db, EventRow, Row};
 use crate::index::{DocMeta, Filter, Index};
 use crate::proto::{
-    self, Ack, CaptureRequest, CaptureResult, CaptureStatus, ContradictRequest, ContradictResult, ErrorBody, ErrorCode,
-    Event, EventKind, EventsRequest, EventsResult, ForgetResult, Frame, Hit, RecallRequest, RecallResult,
-    ReinforceResult, Request, Role, Stats, Tier, TierCount,
+    self, Ack, CaptureBatchRequest, CaptureBatchResult, CaptureRequest, CaptureResult, CaptureStatus,
+    ContradictRequest, ContradictResult, Cursor, CursorValue, ErrorBody, ErrorCode, Event, EventKind, EventsRequest,
+    EventsResult, ForgetResult, Frame, Hit, RecallRequest, RecallResult, RecentRequest, ReinforceResult, Request, Role,
+    Stats, Tier, TierCount,
 };
 
 /// Concurrent client connections; more are refused with `busy`.
@@ -43,6 +44,8 @@ struct Body {
     session: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     provenance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    project: Option<String>,
 }
 
 impl Body {
@@ -187,6 +190,7 @@ fn meta_of(row: &Row, body: &Body) -> DocMeta {
         tier: u8::try_from(row.tier).unwrap_or(0),
         role: u8::try_from(row.role).unwrap_or(0),
         session: body.session.clone(),
+        project: body.project.clone(),
         reinforced: u32::try_from(row.reinforced).unwrap_or(u32::MAX),
         superseded_by: None,
     }
@@ -333,6 +337,9 @@ fn handle(st: &mut State, req: Request) -> Result<serde_json::Value, ErrorBody> 
         Request::Contradict(c) => to_value(contradict(st, c)),
         Request::Reinforce { ids } => to_value(reinforce(st, &ids)),
         Request::Events(e) => to_value(events(st, e)),
+        Request::Recent(r) => to_value(recent(st, r)),
+        Request::CaptureBatch(b) => to_value(capture_batch(st, b)),
+        Request::GetCursor { key } => to_value(get_cursor(st, &key)),
         Request::Stats => to_value(stats(st)),
         Request::Shutdown => Err(internal("shutdown is handled by the connection")),
     }
@@ -395,7 +402,24 @@ struct NewRecord {
     session: Option<String>,
     tags: Vec<String>,
     provenance: Option<String>,
+    project: Option<String>,
     created_at: Option<i64>,
+}
+
+impl From<CaptureRequest> for NewRecord {
+    fn from(c: CaptureRequest) -> Self {
+        NewRecord {
+            text: c.text,
+            cue: c.cue,
+            tier: c.tier,
+            role: c.role,
+            session: c.session,
+            tags: c.tags,
+            provenance: c.provenance,
+            project: c.project,
+            created_at: c.created_at,
+        }
+    }
 }
 
 fn validate(r: &NewRecord) -> Result<(), ErrorBody> {
@@ -422,6 +446,9 @@ fn validate(r: &NewRecord) -> Result<(), ErrorBody> {
     }
     if let Some(p) = &r.provenance {
         check_len("provenance", p, proto::MAX_PROVENANCE)?;
+    }
+    if let Some(p) = &r.project {
+        check_len("project", p, proto::MAX_PROJECT)?;
     }
     if let Some(t) = r.created_at {
         if t < 0 || t > now_ms() + FUTURE_SLACK_MS {
@@ -516,7 +543,14 @@ fn store_record(
 
     let created_at = r.created_at.unwrap_or_else(now_ms);
     let id = new_id(created_at);
-    let body = Body { text: r.text, cue: r.cue, tags: r.tags, session: r.session, provenance: r.provenance };
+    let body = Body {
+        text: r.text,
+        cue: r.cue,
+        tags: r.tags,
+        session: r.session,
+        provenance: r.provenance,
+        project: r.project,
+    };
     let plain = serde_json::to_vec(&body).map_err(internal)?;
     let item = SealItem { field: Field::RecordBody, row: RowId(id), plain };
     let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Capture };
@@ -548,18 +582,155 @@ fn store_record(
 }
 
 fn capture(st: &mut State, c: CaptureRequest) -> Result<CaptureResult, ErrorBody> {
-    let r = NewRecord {
-        text: c.text,
-        cue: c.cue,
-        tier: c.tier,
-        role: c.role,
-        session: c.session,
-        tags: c.tags,
-        provenance: c.provenance,
-        created_at: c.created_at,
-    };
-    let (id, status) = store_record(st, r, None)?;
+    let (id, status) = store_record(st, c.into(), None)?;
     Ok(CaptureResult { id: uuid_str(&id), status })
+}
+
+const CURSOR_DOMAIN: &[u8] = b"iai-mcp cursor v1\0";
+
+/// A cursor's row id: a keyed tag of its name, so names are not stored.
+fn cursor_id(st: &mut State, key: &str) -> Result<[u8; 16], ErrorBody> {
+    let mut input = CURSOR_DOMAIN.to_vec();
+    input.extend_from_slice(key.as_bytes());
+    let tag = st.kh.tag(vec![input]).map_err(keyholder_error)?.pop().ok_or_else(|| internal("no tag"))?;
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&tag[..16]);
+    Ok(id)
+}
+
+fn check_cursor(c: &Cursor) -> Result<(), ErrorBody> {
+    if c.key.is_empty() {
+        return Err(invalid("cursor key is empty"));
+    }
+    check_len("cursor key", &c.key, proto::MAX_CURSOR_KEY)?;
+    check_len("cursor value", &c.value, proto::MAX_CURSOR_VALUE)
+}
+
+fn get_cursor(st: &mut State, key: &str) -> Result<CursorValue, ErrorBody> {
+    check_len("cursor key", key, proto::MAX_CURSOR_KEY)?;
+    let id = cursor_id(st, key)?;
+    let Some(blob) = st.db.cursor(&id).map_err(storage)? else { return Ok(CursorValue { value: None }) };
+    let plain =
+        st.kh.unseal(vec![UnsealItem { field: Field::MetaValue, row: RowId(id), blob }]).map_err(keyholder_error)?;
+    let value = plain.into_iter().next().and_then(|p| p.ok()).and_then(|p| String::from_utf8(p).ok());
+    match value {
+        Some(v) => Ok(CursorValue { value: Some(v) }),
+        None => Err(internal("a stored cursor does not authenticate")),
+    }
+}
+
+/// Captures many records in one transaction (one fsync), with the cursor.
+fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchResult, ErrorBody> {
+    if b.items.len() > proto::MAX_BATCH {
+        return Err(invalid(format!("{} items; a batch holds at most {}", b.items.len(), proto::MAX_BATCH)));
+    }
+    if let Some(c) = &b.cursor {
+        check_cursor(c)?;
+    }
+    let records: Vec<NewRecord> = b.items.into_iter().map(NewRecord::from).collect();
+    for (i, r) in records.iter().enumerate() {
+        validate(r).map_err(|e| ErrorBody::new(e.code, format!("item {i}: {}", e.message)))?;
+    }
+    let inputs = records
+        .iter()
+        .map(|r| {
+            let mut input = DUP_TAG_DOMAIN.to_vec();
+            input.extend_from_slice(r.text.as_bytes());
+            input
+        })
+        .collect();
+    let tags = if records.is_empty() { Vec::new() } else { st.kh.tag(inputs).map_err(keyholder_error)? };
+    let cursor_row = match &b.cursor {
+        Some(c) => Some(cursor_id(st, &c.key)?),
+        None => None,
+    };
+
+    // Decide per item: reinforce an existing record (or an earlier item), or insert.
+    let now = now_ms();
+    let mut plan: Vec<(Option<Row>, Option<Body>, [u8; 16], CaptureStatus)> = Vec::with_capacity(records.len());
+    let mut seen: Vec<([u8; 32], [u8; 16])> = Vec::new();
+    let mut items = Vec::new();
+    for (r, tag) in records.into_iter().zip(&tags) {
+        let existing = match seen.iter().find(|(t, _)| t == tag) {
+            Some((_, id)) => Some(*id),
+            None => st.db.find_by_tag(tag).map_err(storage)?,
+        };
+        if let Some(id) = existing {
+            plan.push((None, None, id, CaptureStatus::Reinforced));
+            continue;
+        }
+        let created_at = r.created_at.unwrap_or(now);
+        let id = new_id(created_at);
+        let body = Body {
+            text: r.text,
+            cue: r.cue,
+            tags: r.tags,
+            session: r.session,
+            provenance: r.provenance,
+            project: r.project,
+        };
+        let plain = serde_json::to_vec(&body).map_err(internal)?;
+        items.push(SealItem { field: Field::RecordBody, row: RowId(id), plain });
+        let row = Row {
+            id,
+            created_at,
+            tier: i64::from(r.tier.code()),
+            role: i64::from(r.role.code()),
+            reinforced: 0,
+            body: Vec::new(),
+        };
+        seen.push((*tag, id));
+        plan.push((Some(row), Some(body), id, CaptureStatus::Inserted));
+    }
+    let inserted = items.len();
+    if let (Some(c), Some(row)) = (&b.cursor, cursor_row) {
+        items.push(SealItem { field: Field::MetaValue, row: RowId(row), plain: c.value.clone().into_bytes() });
+    }
+    let touched: Vec<[u8; 16]> = plan.iter().map(|(_, _, id, _)| *id).collect();
+    let Sealed { blobs, event, counter } = seal_with_event(st, items, EventKind::Capture, &touched)?;
+    let mut blobs = blobs.into_iter();
+    for (row, _, _, _) in plan.iter_mut() {
+        if let Some(row) = row {
+            row.body = blobs.next().ok_or_else(|| internal("missing sealed blob"))?;
+        }
+    }
+    let sealed_cursor = if cursor_row.is_some() { blobs.next() } else { None };
+    debug_assert_eq!(plan.iter().filter(|p| p.0.is_some()).count(), inserted);
+    st.db
+        .write(Some(&counter), |tx| {
+            for ((row, _, id, _), tag) in plan.iter().zip(&tags) {
+                match row {
+                    Some(row) => db::insert_record(tx, row, tag)?,
+                    None => {
+                        db::reinforce(tx, id, 1)?;
+                    }
+                }
+            }
+            if let (Some(id), Some(blob)) = (cursor_row, &sealed_cursor) {
+                db::set_cursor(tx, &id, blob)?;
+            }
+            db::insert_event(tx, &event)
+        })
+        .map_err(storage)?;
+    let mut results = Vec::with_capacity(plan.len());
+    for (row, body, id, status) in plan {
+        match (row, body) {
+            (Some(row), Some(body)) => st.index.add(meta_of(&row, &body), &body.searchable()),
+            _ => st.index.reinforce(&id, 1),
+        }
+        results.push(CaptureResult { id: uuid_str(&id), status });
+    }
+    Ok(CaptureBatchResult { results })
+}
+
+/// The newest memories (the project's first), unsealed.
+fn recent(st: &mut State, r: RecentRequest) -> Result<RecallResult, ErrorBody> {
+    let limit = r.limit.unwrap_or(proto::DEFAULT_RECALL_LIMIT);
+    if limit == 0 || limit > proto::MAX_RECALL_LIMIT {
+        return Err(invalid(format!("limit must be between 1 and {}", proto::MAX_RECALL_LIMIT)));
+    }
+    let metas = st.index.recent(r.project.as_deref(), limit as usize);
+    hits_for(st, metas.into_iter().map(|m| (m, 0.0)).collect(), false)
 }
 
 fn contradict(st: &mut State, c: ContradictRequest) -> Result<ContradictResult, ErrorBody> {
@@ -575,6 +746,7 @@ fn contradict(st: &mut State, c: ContradictRequest) -> Result<ContradictResult, 
         session: c.session,
         tags: c.tags,
         provenance: None,
+        project: None,
         created_at: None,
     };
     let (id, status) = store_record(st, r, Some(old))?;
@@ -638,8 +810,14 @@ fn recall(st: &mut State, r: RecallRequest) -> Result<RecallResult, ErrorBody> {
         session: r.session,
         since: r.since,
         until: r.until,
+        project: r.project,
     };
     let (ranked, more) = st.index.search(&r.cue, offset as usize, limit as usize, &filter, now_ms());
+    hits_for(st, ranked, more)
+}
+
+/// Unseals the records behind ranked index entries into hits.
+fn hits_for(st: &mut State, ranked: Vec<(DocMeta, f64)>, more: bool) -> Result<RecallResult, ErrorBody> {
     let mut rows = Vec::with_capacity(ranked.len());
     for (meta, score) in ranked {
         if let Some(row) = st.db.get(&meta.id).map_err(storage)? {
@@ -669,6 +847,7 @@ fn recall(st: &mut State, r: RecallRequest) -> Result<RecallResult, ErrorBody> {
             session: body.session,
             reinforced: meta.reinforced,
             superseded_by: meta.superseded_by.as_ref().map(uuid_str),
+            project: body.project,
         });
     }
     Ok(RecallResult { hits, more })

@@ -64,6 +64,7 @@ impl Db {
              CREATE TABLE IF NOT EXISTS events(
                  id BLOB PRIMARY KEY, at INTEGER NOT NULL, kind INTEGER NOT NULL, detail BLOB NOT NULL);
              CREATE INDEX IF NOT EXISTS events_at ON events(at);
+             CREATE TABLE IF NOT EXISTS cursors(id BLOB PRIMARY KEY, value BLOB NOT NULL);
              CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);",
         )?;
         conn.execute("INSERT OR IGNORE INTO meta(k, v) VALUES('schema_version', ?1)", params![SCHEMA_VERSION])?;
@@ -150,6 +151,11 @@ impl Db {
         rows.collect()
     }
 
+    /// A sealed cursor value by its keyed id.
+    pub fn cursor(&self, id: &[u8; 16]) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.conn.query_row("SELECT value FROM cursors WHERE id = ?1", params![&id[..]], |r| r.get(0)).optional()
+    }
+
     pub fn event_count(&self) -> rusqlite::Result<u64> {
         self.conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
     }
@@ -189,6 +195,11 @@ pub fn insert_event(tx: &Transaction<'_>, e: &EventRow) -> rusqlite::Result<()> 
         "INSERT INTO events(id, at, kind, detail) VALUES(?1, ?2, ?3, ?4)",
         params![&e.id[..], e.at, e.kind, e.detail],
     )?;
+    Ok(())
+}
+
+pub fn set_cursor(tx: &Transaction<'_>, id: &[u8; 16], sealed: &[u8]) -> rusqlite::Result<()> {
+    tx.execute("INSERT OR REPLACE INTO cursors(id, value) VALUES(?1, ?2)", params![&id[..], sealed])?;
     Ok(())
 }
 

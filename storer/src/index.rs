@@ -64,6 +64,7 @@ pub struct DocMeta {
     pub tier: u8,
     pub role: u8,
     pub session: Option<String>,
+    pub project: Option<String>,
     pub reinforced: u32,
     /// The newer fact that contradicted this one.
     pub superseded_by: Option<[u8; 16]>,
@@ -72,6 +73,7 @@ pub struct DocMeta {
 struct Doc {
     meta: DocMeta,
     session: Option<u32>,
+    project: Option<u32>,
     len: u32,
     alive: bool,
 }
@@ -86,6 +88,7 @@ pub struct Filter {
     pub since: Option<i64>,
     /// Created before (ms).
     pub until: Option<i64>,
+    pub project: Option<String>,
 }
 
 /// A superseded fact still comes back (flagged), a little below its peers.
@@ -99,6 +102,7 @@ pub struct Index {
     terms: HashMap<Box<str>, u32>,
     postings: Vec<Vec<(u32, u32)>>,
     sessions: HashMap<Box<str>, u32>,
+    projects: HashMap<Box<str>, u32>,
     total_len: u64,
     live: u64,
 }
@@ -152,14 +156,12 @@ impl Index {
             };
             self.postings[tid as usize].push((slot, n));
         }
-        let session = meta.session.as_deref().map(|s| {
-            let next = self.sessions.len() as u32;
-            *self.sessions.entry(s.into()).or_insert(next)
-        });
+        let session = meta.session.as_deref().map(|s| intern(&mut self.sessions, s));
+        let project = meta.project.as_deref().map(|p| intern(&mut self.projects, p));
         self.by_id.insert(meta.id, slot);
         self.total_len += toks.len() as u64;
         self.live += 1;
-        self.docs.push(Doc { meta, session, len: toks.len() as u32, alive: true });
+        self.docs.push(Doc { meta, session, project, len: toks.len() as u32, alive: true });
     }
 
     /// Removes a record; `text` must be what was indexed for it.
@@ -188,6 +190,17 @@ impl Index {
             let m = &mut self.docs[slot as usize].meta;
             m.reinforced = m.reinforced.saturating_add(by);
         }
+    }
+
+    /// The newest `limit` live records, those of `project` first.
+    pub fn recent(&self, project: Option<&str>, limit: usize) -> Vec<DocMeta> {
+        let pid = project.and_then(|p| self.projects.get(p).copied());
+        let mut live: Vec<&Doc> = self.docs.iter().filter(|d| d.alive).collect();
+        live.sort_by(|a, b| {
+            let mine = |d: &Doc| pid.is_some() && d.project == pid;
+            mine(b).cmp(&mine(a)).then(b.meta.created_at.cmp(&a.meta.created_at))
+        });
+        live.into_iter().take(limit).map(|d| d.meta.clone()).collect()
     }
 
     /// Marks `old` as superseded by `new`.
@@ -237,6 +250,13 @@ impl Index {
             },
             None => None,
         };
+        let project = match &filter.project {
+            Some(p) => match self.projects.get(p.as_str()) {
+                Some(&pid) => Some(pid),
+                None => return Vec::new(),
+            },
+            None => None,
+        };
         let n = self.live as f64;
         let avg = (self.total_len as f64 / n).max(1.0);
         let mut scores: HashMap<u32, f64> = HashMap::new();
@@ -262,6 +282,7 @@ impl Index {
                     && filter.tier.is_none_or(|t| t == d.meta.tier)
                     && filter.role.is_none_or(|r| r == d.meta.role)
                     && session.is_none_or(|s| d.session == Some(s))
+                    && project.is_none_or(|p| d.project == Some(p))
                     && filter.since.is_none_or(|t| d.meta.created_at >= t)
                     && filter.until.is_none_or(|t| d.meta.created_at < t)
             })
@@ -284,12 +305,26 @@ impl Index {
     }
 }
 
+fn intern(map: &mut HashMap<Box<str>, u32>, s: &str) -> u32 {
+    let next = map.len() as u32;
+    *map.entry(s.into()).or_insert(next)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn meta(n: u8, created_at: i64) -> DocMeta {
-        DocMeta { id: [n; 16], created_at, tier: 1, role: 0, session: None, reinforced: 0, superseded_by: None }
+        DocMeta {
+            id: [n; 16],
+            created_at,
+            tier: 1,
+            role: 0,
+            session: None,
+            project: None,
+            reinforced: 0,
+            superseded_by: None,
+        }
     }
 
     #[test]
@@ -367,5 +402,23 @@ mod tests {
         ix.remove(&[9; 16], "other");
         let top = ix.search("shared", 0, 5, &Filter::default(), 4000).0;
         assert!(top.iter().all(|(m, _)| m.superseded_by.is_none()), "forgetting the newer fact lifts the flag");
+    }
+
+    #[test]
+    fn project_filter_and_recent_favour_the_project() {
+        let mut ix = Index::default();
+        let mut a = meta(1, 1000);
+        a.project = Some("/src/app".into());
+        ix.add(a, "note about builds");
+        ix.add(meta(2, 3000), "note about builds elsewhere");
+        let mut c = meta(3, 2000);
+        c.project = Some("/src/app".into());
+        ix.add(c, "second note");
+        let f = Filter { project: Some("/src/app".into()), ..Default::default() };
+        assert_eq!(ix.search("note", 0, 10, &f, 0).0.len(), 2);
+        let order: Vec<u8> = ix.recent(Some("/src/app"), 10).iter().map(|m| m.id[0]).collect();
+        assert_eq!(order, vec![3, 1, 2], "project first, newest first within it");
+        let order: Vec<u8> = ix.recent(None, 2).iter().map(|m| m.id[0]).collect();
+        assert_eq!(order, vec![2, 3]);
     }
 }

@@ -26,6 +26,11 @@ pub const MAX_TAGS: usize = 32;
 pub const MAX_TAG: usize = 128;
 pub const MAX_SESSION: usize = 256;
 pub const MAX_PROVENANCE: usize = 1024;
+pub const MAX_PROJECT: usize = 1024;
+/// Most records in one `capture_batch`.
+pub const MAX_BATCH: usize = 256;
+pub const MAX_CURSOR_KEY: usize = 512;
+pub const MAX_CURSOR_VALUE: usize = 4096;
 pub const MAX_RECALL_LIMIT: u32 = 100;
 pub const DEFAULT_RECALL_LIMIT: u32 = 10;
 /// Deepest result reachable by paging (offset + limit).
@@ -105,6 +110,9 @@ pub struct CaptureRequest {
     pub tags: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<String>,
+    /// The project (working directory) the memory belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
     /// The memory's time in milliseconds since the Unix epoch, for imports
     /// that keep original dates. Defaults to now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -132,6 +140,38 @@ pub struct RecallRequest {
     /// Only memories created before this time (ms since the epoch).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<i64>,
+    /// Only memories of this project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// The newest memories, those of `project` first (what a session starts with).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecentRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Several captures in one transaction, optionally moving a named cursor in
+/// the same transaction (a transcript position: it advances only together
+/// with the captures it covers).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureBatchRequest {
+    pub items: Vec<CaptureRequest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<Cursor>,
+}
+
+/// A small named value kept sealed by the storer (e.g. a transcript position).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cursor {
+    pub key: String,
+    pub value: String,
 }
 
 /// A new fact that supersedes memory `id`.
@@ -200,13 +240,29 @@ pub enum Request {
         ids: Vec<String>,
     },
     Events(EventsRequest),
+    Recent(RecentRequest),
+    CaptureBatch(CaptureBatchRequest),
+    GetCursor {
+        key: String,
+    },
     Stats,
     /// Stops the storer (and so the keyholder): what `iai-mcp lock` sends.
     Shutdown,
 }
 
-pub const REQUEST_TYPES: &[&str] =
-    &["capture", "recall", "forget", "contradict", "reinforce", "events", "stats", "shutdown"];
+pub const REQUEST_TYPES: &[&str] = &[
+    "capture",
+    "recall",
+    "forget",
+    "contradict",
+    "reinforce",
+    "events",
+    "recent",
+    "capture_batch",
+    "get_cursor",
+    "stats",
+    "shutdown",
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -240,6 +296,18 @@ pub struct Hit {
     /// Set when a newer fact contradicted this one: the id of that fact.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub superseded_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureBatchResult {
+    pub results: Vec<CaptureResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CursorValue {
+    pub value: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
