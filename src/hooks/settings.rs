@@ -122,7 +122,7 @@ pub fn uninstall(doc: &mut Value) -> Result<bool> {
         for g in groups.iter_mut() {
             if let Some(list) = g.get_mut("hooks").and_then(Value::as_array_mut) {
                 let before = list.len();
-                list.retain(|h| !h["command"].as_str().is_some_and(|c| ours(c).is_some()));
+                list.retain(|h| h["command"].as_str().is_none_or(|c| ours(c).is_none()));
                 changed |= list.len() != before;
             }
         }

@@ -619,6 +619,12 @@ fn get_cursor(st: &mut State, key: &str) -> Result<CursorValue, ErrorBody> {
     }
 }
 
+/// One item of a batch: a new record (row and body), or the id it duplicates.
+struct Planned {
+    new: Option<(Row, Body)>,
+    id: [u8; 16],
+}
+
 /// Captures many records in one transaction (one fsync), with the cursor.
 fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchResult, ErrorBody> {
     if b.items.len() > proto::MAX_BATCH {
@@ -647,7 +653,7 @@ fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchR
 
     // Decide per item: reinforce an existing record (or an earlier item), or insert.
     let now = now_ms();
-    let mut plan: Vec<(Option<Row>, Option<Body>, [u8; 16], CaptureStatus)> = Vec::with_capacity(records.len());
+    let mut plan: Vec<Planned> = Vec::with_capacity(records.len());
     let mut seen: Vec<([u8; 32], [u8; 16])> = Vec::new();
     let mut items = Vec::new();
     for (r, tag) in records.into_iter().zip(&tags) {
@@ -656,7 +662,7 @@ fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchR
             None => st.db.find_by_tag(tag).map_err(storage)?,
         };
         if let Some(id) = existing {
-            plan.push((None, None, id, CaptureStatus::Reinforced));
+            plan.push(Planned { new: None, id });
             continue;
         }
         let created_at = r.created_at.unwrap_or(now);
@@ -680,29 +686,29 @@ fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchR
             body: Vec::new(),
         };
         seen.push((*tag, id));
-        plan.push((Some(row), Some(body), id, CaptureStatus::Inserted));
+        plan.push(Planned { new: Some((row, body)), id });
     }
     let inserted = items.len();
     if let (Some(c), Some(row)) = (&b.cursor, cursor_row) {
         items.push(SealItem { field: Field::MetaValue, row: RowId(row), plain: c.value.clone().into_bytes() });
     }
-    let touched: Vec<[u8; 16]> = plan.iter().map(|(_, _, id, _)| *id).collect();
+    let touched: Vec<[u8; 16]> = plan.iter().map(|p| p.id).collect();
     let Sealed { blobs, event, counter } = seal_with_event(st, items, EventKind::Capture, &touched)?;
     let mut blobs = blobs.into_iter();
-    for (row, _, _, _) in plan.iter_mut() {
-        if let Some(row) = row {
+    for p in plan.iter_mut() {
+        if let Some((row, _)) = &mut p.new {
             row.body = blobs.next().ok_or_else(|| internal("missing sealed blob"))?;
         }
     }
     let sealed_cursor = if cursor_row.is_some() { blobs.next() } else { None };
-    debug_assert_eq!(plan.iter().filter(|p| p.0.is_some()).count(), inserted);
+    debug_assert_eq!(plan.iter().filter(|p| p.new.is_some()).count(), inserted);
     st.db
         .write(Some(&counter), |tx| {
-            for ((row, _, id, _), tag) in plan.iter().zip(&tags) {
-                match row {
-                    Some(row) => db::insert_record(tx, row, tag)?,
+            for (p, tag) in plan.iter().zip(&tags) {
+                match &p.new {
+                    Some((row, _)) => db::insert_record(tx, row, tag)?,
                     None => {
-                        db::reinforce(tx, id, 1)?;
+                        db::reinforce(tx, &p.id, 1)?;
                     }
                 }
             }
@@ -713,12 +719,18 @@ fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchR
         })
         .map_err(storage)?;
     let mut results = Vec::with_capacity(plan.len());
-    for (row, body, id, status) in plan {
-        match (row, body) {
-            (Some(row), Some(body)) => st.index.add(meta_of(&row, &body), &body.searchable()),
-            _ => st.index.reinforce(&id, 1),
-        }
-        results.push(CaptureResult { id: uuid_str(&id), status });
+    for p in plan {
+        let status = match p.new {
+            Some((row, body)) => {
+                st.index.add(meta_of(&row, &body), &body.searchable());
+                CaptureStatus::Inserted
+            }
+            None => {
+                st.index.reinforce(&p.id, 1);
+                CaptureStatus::Reinforced
+            }
+        };
+        results.push(CaptureResult { id: uuid_str(&p.id), status });
     }
     Ok(CaptureBatchResult { results })
 }
