@@ -38,6 +38,10 @@ fn main() {
         Some("seal") => seal(flag("--iters", 20_000), json),
         Some("store") => store(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
+        Some("locomo") => {
+            let dir = args.get(1).filter(|a| !a.starts_with("--")).unwrap_or_else(|| die("locomo needs the data directory"));
+            locomo(Path::new(dir), json)
+        }
         Some("sandbox-cost") => {
             let other =
                 args.iter().position(|a| a == "--unsandboxed-bin").and_then(|i| args.get(i + 1)).unwrap_or_else(|| {
@@ -506,5 +510,199 @@ fn sandbox_cost(unsandboxed: &Path, records: usize, queries: usize, json: bool) 
             s.p50 / u.p50,
             s.p95 / u.p95
         );
+    }
+}
+
+/// "1:56 pm on 8 May, 2023" → milliseconds since the epoch (UTC).
+fn locomo_date(s: &str) -> Option<i64> {
+    let (time, date) = s.split_once(" on ")?;
+    let (hm, ampm) = time.trim().split_once(' ')?;
+    let (h, m) = hm.split_once(':')?;
+    let (mut h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+    match ampm.to_ascii_lowercase().as_str() {
+        "pm" if h != 12 => h += 12,
+        "am" if h == 12 => h = 0,
+        _ => {}
+    }
+    let parts: Vec<&str> = date.split(|c: char| c == ' ' || c == ',').filter(|p| !p.is_empty()).collect();
+    let [day, month, year] = parts[..] else { return None };
+    const MONTHS: [&str; 12] =
+        ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"];
+    let month = MONTHS.iter().position(|mn| mn.starts_with(&month.to_ascii_lowercase()))? as i64 + 1;
+    let (y, d): (i64, i64) = (year.parse().ok()?, day.parse().ok()?);
+    // Days from civil (Howard Hinnant's algorithm).
+    let y2 = if month <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + h) * 60 + m) * 60_000)
+}
+
+#[derive(Default, Clone, Copy)]
+struct Score {
+    n: usize,
+    hit5: f64,
+    hit10: f64,
+    rec5: f64,
+    rec10: f64,
+}
+
+impl Score {
+    fn add(&mut self, o: &Score) {
+        self.n += o.n;
+        self.hit5 += o.hit5;
+        self.hit10 += o.hit10;
+        self.rec5 += o.rec5;
+        self.rec10 += o.rec10;
+    }
+    fn json(&self) -> serde_json::Value {
+        let n = self.n.max(1) as f64;
+        serde_json::json!({"questions": self.n, "hit@5": self.hit5 / n, "hit@10": self.hit10 / n,
+            "recall@5": self.rec5 / n, "recall@10": self.rec10 / n})
+    }
+    fn row(&self, name: &str) -> String {
+        let n = self.n.max(1) as f64;
+        format!(
+            "{name:<14} {:>5} {:>7.3} {:>7.3} {:>9.3} {:>9.3}",
+            self.n,
+            self.hit5 / n,
+            self.hit10 / n,
+            self.rec5 / n,
+            self.rec10 / n
+        )
+    }
+}
+
+/// LoCoMo recall quality, following the protocol in the data's README: one
+/// fresh store per conversation, every turn captured in order as
+/// "<speaker>: <text>" (plus the image caption) at its session's date, each
+/// question of category 1-4 with evidence recalled by its text.
+fn locomo(dir: &Path, json: bool) {
+    let bin = iai_bin();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| die(&format!("{}: {e}", dir.display())))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        die(&format!("no conversation files (*.json) in {}", dir.display()));
+    }
+    let mut total = Score::default();
+    let mut per_cat = [Score::default(); 5];
+    let mut rows = Vec::new();
+    for file in &files {
+        let name = file.file_stem().and_then(|s| s.to_str()).unwrap_or("?").to_string();
+        if !json {
+            eprintln!("  {name}: ingesting");
+        }
+        let conv: serde_json::Value = serde_json::from_slice(&std::fs::read(file).expect("read conversation"))
+            .unwrap_or_else(|e| die(&format!("{}: {e}", file.display())));
+        let tmp = tempfile::Builder::new().prefix("iai-locomo").tempdir_in("/tmp").expect("tempdir");
+        let home = tmp.path().join("h");
+        run(&bin, &home, &["init"], true);
+        run(&bin, &home, &["unlock"], true);
+        let mut client = Client::connect(&iai_policy::Home::new(home.clone()).expect("home")).expect("connect");
+        let mut id_to_dia: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+        let obj = conv.as_object().expect("conversation object");
+        let mut sessions: Vec<usize> =
+            obj.keys().filter_map(|k| k.strip_prefix("session_")?.parse().ok()).collect();
+        sessions.sort_unstable();
+        sessions.dedup();
+        for s in sessions {
+            let Some(turns) = obj.get(&format!("session_{s}")).and_then(|v| v.as_array()) else { continue };
+            let at = obj.get(&format!("session_{s}_date_time")).and_then(|v| v.as_str()).and_then(locomo_date);
+            let mut items = Vec::new();
+            let mut dias = Vec::new();
+            for t in turns {
+                let mut text = format!("{}: {}", t["speaker"].as_str().unwrap_or("?"), t["text"].as_str().unwrap_or(""));
+                if let Some(c) = t["blip_caption"].as_str() {
+                    text.push_str(&format!(" [shared an image: {c}]"));
+                }
+                items.push(CaptureRequest {
+                    text,
+                    session: Some(format!("{name}/session_{s}")),
+                    created_at: at,
+                    ..Default::default()
+                });
+                dias.push(t["dia_id"].as_str().unwrap_or("").to_string());
+            }
+            for (chunk, chunk_dias) in items.chunks(200).zip(dias.chunks(200)) {
+                let r = client
+                    .capture_batch(iai_storer::proto::CaptureBatchRequest { items: chunk.to_vec(), cursor: None })
+                    .expect("capture batch");
+                for (res, dia) in r.results.into_iter().zip(chunk_dias) {
+                    id_to_dia.entry(res.id).or_default().push(dia.clone());
+                }
+            }
+        }
+        let mut conv_score = Score::default();
+        for q in conv["qa"].as_array().into_iter().flatten() {
+            let cat = q["category"].as_u64().unwrap_or(0) as usize;
+            let evidence: Vec<String> = q["evidence"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str())
+                .flat_map(|e| e.split(';').map(|s| s.trim().to_string()))
+                .filter(|e| !e.is_empty())
+                .collect();
+            if !(1..=4).contains(&cat) || evidence.is_empty() {
+                continue;
+            }
+            let cue = q["question"].as_str().unwrap_or("").to_string();
+            let hits = client.recall(RecallRequest { cue, limit: Some(10), ..Default::default() }).expect("recall").hits;
+            let ranked: Vec<&Vec<String>> = hits.iter().filter_map(|h| id_to_dia.get(&h.id)).collect();
+            let found = |k: usize| -> usize {
+                evidence.iter().filter(|e| ranked.iter().take(k).any(|d| d.contains(e))).count()
+            };
+            let (f5, f10) = (found(5), found(10));
+            let s = Score {
+                n: 1,
+                hit5: f64::from(u8::from(f5 > 0)),
+                hit10: f64::from(u8::from(f10 > 0)),
+                rec5: f5 as f64 / evidence.len() as f64,
+                rec10: f10 as f64 / evidence.len() as f64,
+            };
+            conv_score.add(&s);
+            per_cat[cat].add(&s);
+        }
+        drop(client);
+        run(&bin, &home, &["lock"], false);
+        total.add(&conv_score);
+        rows.push((name, conv_score));
+    }
+    if json {
+        let v = serde_json::json!({
+            "overall": total.json(),
+            "per_category": (1..=4).map(|c| (c.to_string(), per_cat[c].json())).collect::<serde_json::Map<_, _>>(),
+            "per_conversation": rows.iter().map(|(n, s)| (n.clone(), s.json())).collect::<serde_json::Map<_, _>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!("LoCoMo recall quality ({} conversations)", rows.len());
+    println!("{:<14} {:>5} {:>7} {:>7} {:>9} {:>9}", "", "n", "hit@5", "hit@10", "recall@5", "recall@10");
+    println!("{}", total.row("overall"));
+    for (c, s) in per_cat.iter().enumerate().skip(1) {
+        println!("{}", s.row(&format!("category {c}")));
+    }
+    for (n, s) in &rows {
+        println!("{}", s.row(n));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn locomo_dates() {
+        // 2023-05-08 13:56 UTC
+        assert_eq!(super::locomo_date("1:56 pm on 8 May, 2023"), Some(1_683_554_160_000));
+        assert_eq!(super::locomo_date("12:05 am on 1 January, 2024"), Some(1_704_067_500_000));
+        assert_eq!(super::locomo_date("nonsense"), None);
     }
 }
