@@ -39,7 +39,8 @@ fn main() {
         Some("store") => store(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("locomo") => {
-            let dir = args.get(1).filter(|a| !a.starts_with("--")).unwrap_or_else(|| die("locomo needs the data directory"));
+            let dir =
+                args.get(1).filter(|a| !a.starts_with("--")).unwrap_or_else(|| die("locomo needs the data directory"));
             locomo(Path::new(dir), json)
         }
         Some("sandbox-cost") => {
@@ -526,8 +527,20 @@ fn locomo_date(s: &str) -> Option<i64> {
     }
     let parts: Vec<&str> = date.split(|c: char| c == ' ' || c == ',').filter(|p| !p.is_empty()).collect();
     let [day, month, year] = parts[..] else { return None };
-    const MONTHS: [&str; 12] =
-        ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october", "november", "december"];
+    const MONTHS: [&str; 12] = [
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ];
     let month = MONTHS.iter().position(|mn| mn.starts_with(&month.to_ascii_lowercase()))? as i64 + 1;
     let (y, d): (i64, i64) = (year.parse().ok()?, day.parse().ok()?);
     // Days from civil (Howard Hinnant's algorithm).
@@ -609,8 +622,7 @@ fn locomo(dir: &Path, json: bool) {
         let mut client = Client::connect(&iai_policy::Home::new(home.clone()).expect("home")).expect("connect");
         let mut id_to_dia: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
         let obj = conv.as_object().expect("conversation object");
-        let mut sessions: Vec<usize> =
-            obj.keys().filter_map(|k| k.strip_prefix("session_")?.parse().ok()).collect();
+        let mut sessions: Vec<usize> = obj.keys().filter_map(|k| k.strip_prefix("session_")?.parse().ok()).collect();
         sessions.sort_unstable();
         sessions.dedup();
         for s in sessions {
@@ -619,7 +631,8 @@ fn locomo(dir: &Path, json: bool) {
             let mut items = Vec::new();
             let mut dias = Vec::new();
             for t in turns {
-                let mut text = format!("{}: {}", t["speaker"].as_str().unwrap_or("?"), t["text"].as_str().unwrap_or(""));
+                let mut text =
+                    format!("{}: {}", t["speaker"].as_str().unwrap_or("?"), t["text"].as_str().unwrap_or(""));
                 if let Some(c) = t["blip_caption"].as_str() {
                     text.push_str(&format!(" [shared an image: {c}]"));
                 }
@@ -655,7 +668,8 @@ fn locomo(dir: &Path, json: bool) {
                 continue;
             }
             let cue = q["question"].as_str().unwrap_or("").to_string();
-            let hits = client.recall(RecallRequest { cue, limit: Some(10), ..Default::default() }).expect("recall").hits;
+            let hits =
+                client.recall(RecallRequest { cue, limit: Some(10), ..Default::default() }).expect("recall").hits;
             let ranked: Vec<&Vec<String>> = hits.iter().filter_map(|h| id_to_dia.get(&h.id)).collect();
             let found = |k: usize| -> usize {
                 evidence.iter().filter(|e| ranked.iter().take(k).any(|d| d.contains(e))).count()

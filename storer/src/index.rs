@@ -20,9 +20,15 @@ const REINFORCE_WEIGHT: f64 = 0.1;
 /// Longest token kept; longer "words" (hashes, base64) are cut here.
 const MAX_TOKEN_BYTES: usize = 64;
 
+/// Function words, including the question words cues are phrased with
+/// ("what did she…"): they carry no topic and dilute BM25.
 const STOP_WORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "but", "by", "do", "for", "from", "had", "has", "have", "i", "in", "is",
-    "it", "its", "of", "on", "or", "so", "that", "the", "this", "to", "was", "were", "with",
+    "a", "about", "after", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be", "been", "before", "being",
+    "both", "but", "by", "can", "could", "did", "do", "does", "doing", "during", "each", "for", "from", "had", "has",
+    "have", "having", "he", "her", "here", "hers", "him", "his", "how", "i", "if", "in", "into", "is", "it", "its",
+    "just", "me", "my", "of", "on", "or", "our", "she", "so", "some", "than", "that", "the", "their", "them", "then",
+    "there", "these", "they", "this", "those", "to", "too", "us", "very", "was", "we", "were", "what", "when", "where",
+    "which", "while", "who", "whom", "why", "will", "with", "would", "you", "your",
 ];
 
 /// Turns text into index terms.
@@ -76,7 +82,15 @@ struct Doc {
     project: Option<u32>,
     len: u32,
     alive: bool,
+    /// The records captured just before and after this one in its session.
+    prev: Option<u32>,
+    next: Option<u32>,
 }
+
+/// A turn's relevance spills onto its neighbours in the same session with
+/// this weight: the answer to a question often sits next to the turn that
+/// names its topic.
+const NEIGHBOUR_WEIGHT: f64 = 0.3;
 
 /// Filters a recall applies before ranking.
 #[derive(Clone, Debug, Default)]
@@ -103,6 +117,8 @@ pub struct Index {
     postings: Vec<Vec<(u32, u32)>>,
     sessions: HashMap<Box<str>, u32>,
     projects: HashMap<Box<str>, u32>,
+    /// The last record added to each session.
+    session_tail: HashMap<u32, u32>,
     total_len: u64,
     live: u64,
 }
@@ -161,7 +177,11 @@ impl Index {
         self.by_id.insert(meta.id, slot);
         self.total_len += toks.len() as u64;
         self.live += 1;
-        self.docs.push(Doc { meta, session, project, len: toks.len() as u32, alive: true });
+        let prev = session.and_then(|s| self.session_tail.insert(s, slot));
+        if let Some(p) = prev {
+            self.docs[p as usize].next = Some(slot);
+        }
+        self.docs.push(Doc { meta, session, project, len: toks.len() as u32, alive: true, prev, next: None });
     }
 
     /// Removes a record; `text` must be what was indexed for it.
@@ -274,7 +294,15 @@ impl Index {
                 *scores.entry(slot).or_insert(0.0) += idf * tf * (K1 + 1.0) / (tf + norm);
             }
         }
-        let mut ranked: Vec<(u32, f64)> = scores
+        let mut spread: HashMap<u32, f64> = HashMap::with_capacity(scores.len() * 3);
+        for (&slot, &s) in &scores {
+            *spread.entry(slot).or_insert(0.0) += s;
+            let d = &self.docs[slot as usize];
+            for n in [d.prev, d.next].into_iter().flatten() {
+                *spread.entry(n).or_insert(0.0) += NEIGHBOUR_WEIGHT * s;
+            }
+        }
+        let mut ranked: Vec<(u32, f64)> = spread
             .into_iter()
             .filter(|&(slot, _)| {
                 let d = &self.docs[slot as usize];
@@ -402,6 +430,25 @@ mod tests {
         ix.remove(&[9; 16], "other");
         let top = ix.search("shared", 0, 5, &Filter::default(), 4000).0;
         assert!(top.iter().all(|(m, _)| m.superseded_by.is_none()), "forgetting the newer fact lifts the flag");
+    }
+
+    #[test]
+    fn a_turn_next_to_a_strong_match_is_lifted() {
+        let mut ix = Index::default();
+        let mut turn = |n: u8, text: &str, session: &str| {
+            let mut m = meta(n, 0);
+            m.session = Some(session.into());
+            ix.add(m, text);
+        };
+        turn(1, "which city did you move to", "s1");
+        turn(2, "we moved there in spring", "s2");
+        turn(3, "Lisbon, finally", "s1");
+        turn(4, "unrelated chatter", "s1");
+        let hits = ix.search("city move", 0, 10, &Filter::default(), 0).0;
+        let ids: Vec<u8> = hits.iter().map(|(m, _)| m.id[0]).collect();
+        assert_eq!(ids[0], 1);
+        assert!(ids.contains(&3), "the answer next to the question in its session is found: {ids:?}");
+        assert!(!ids.contains(&4), "only direct neighbours");
     }
 
     #[test]
