@@ -76,6 +76,9 @@ enum Cmd {
         /// The project (directory) the memory belongs to.
         #[arg(long)]
         project: Option<String>,
+        /// When it was said (RFC 3339, e.g. 2023-05-08T13:56:00Z), for imports that keep original dates.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
     /// Find the memories that best match CUE.
     Recall {
@@ -317,8 +320,9 @@ fn run(cmd: Cmd) -> Result<()> {
             }
         }
         Cmd::Status { json } => status(&home, json),
-        Cmd::Capture { text, tier, role, session, cue, tags, project } => {
+        Cmd::Capture { text, tier, role, session, cue, tags, project, at } => {
             let text = text_arg(text)?;
+            let created_at = at.as_deref().map(|s| parse_time("--at", s)).transpose()?;
             let req = CaptureRequest {
                 text,
                 cue,
@@ -327,6 +331,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 session,
                 tags,
                 project,
+                created_at,
                 ..Default::default()
             };
             let r = Client::connect(&home)?.capture(req)?;
@@ -399,13 +404,7 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Events { since, kind, limit, json } => {
-            let since = since
-                .map(|s| {
-                    humantime::parse_rfc3339_weak(&s)
-                        .map_err(|e| anyhow!("--since {s:?}: {e} (use e.g. 2026-11-28T09:00:00Z)"))
-                        .map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
-                })
-                .transpose()?;
+            let since = since.as_deref().map(|s| parse_time("--since", s)).transpose()?;
             let req = EventsRequest { since, kind: kind.map(Into::into), limit: Some(limit) };
             let r = Client::connect(&home)?.events(req)?;
             if json {
@@ -445,6 +444,13 @@ fn audit(json: bool) -> ExitCode {
             }
         }
     }
+}
+
+/// An RFC 3339 time as milliseconds since the epoch.
+fn parse_time(flag: &str, s: &str) -> Result<i64> {
+    humantime::parse_rfc3339_weak(s)
+        .map_err(|e| anyhow!("{flag} {s:?}: {e} (use e.g. 2026-11-28T09:00:00Z)"))
+        .map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
 }
 
 /// The text argument, or stdin for `-` or none.

@@ -1,0 +1,33 @@
+"""Checks that `iai-bench store --json` and `iai-bench locomo --json` printed
+well-formed reports. The figures themselves are not judged here (they depend
+on the machine); BENCHMARKS.md records them."""
+
+import json
+import math
+import sys
+
+
+def number(v, where):
+    assert isinstance(v, (int, float)) and math.isfinite(v), f"{where}: {v!r} is not a finite number"
+    return v
+
+
+store = json.load(open(sys.argv[1]))
+assert store["records"] == 1000, store
+for part in ("capture", "recall", "unlock_total", "argon2"):
+    for k in ("p50_us", "p95_us", "p99_us"):
+        assert number(store[part][k], f"{part}.{k}") > 0
+    assert store[part]["p50_us"] <= store[part]["p95_us"] <= store[part]["p99_us"], part
+for k in ("captures_per_s", "storer_peak_rss_mib", "keyholder_peak_rss_mib", "recall_hits_mean"):
+    number(store[k], k)
+
+locomo = json.load(open(sys.argv[2]))
+rows = [locomo["overall"], *locomo["per_category"].values(), *locomo["per_conversation"].values()]
+for row in rows:
+    assert row["questions"] >= 0
+    for k in ("hit@5", "hit@10", "recall@5", "recall@10"):
+        assert 0.0 <= number(row[k], k) <= 1.0, row
+    assert row["hit@5"] <= row["hit@10"] and row["recall@5"] <= row["recall@10"], row
+assert locomo["overall"]["questions"] > 0
+assert set(locomo["per_category"]) == {"1", "2", "3", "4"}
+print("2 passed, 0 failed")
