@@ -525,7 +525,7 @@ fn locomo_date(s: &str) -> Option<i64> {
         "am" if h == 12 => h = 0,
         _ => {}
     }
-    let parts: Vec<&str> = date.split(|c: char| c == ' ' || c == ',').filter(|p| !p.is_empty()).collect();
+    let parts: Vec<&str> = date.split([' ', ',']).filter(|p| !p.is_empty()).collect();
     let [day, month, year] = parts[..] else { return None };
     const MONTHS: [&str; 12] = [
         "january",
