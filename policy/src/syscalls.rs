@@ -78,6 +78,18 @@ const RUNTIME: &[Syscall] = &[
     sc!(SYS_exit_group),
 ];
 
+/// Starting threads (never processes) and naming them: the storer and shim
+/// need worker threads; std tries `clone3` first (refused with ENOSYS below).
+const THREADS: &[Syscall] = &[
+    sc!(SYS_clone, ArgRule::MaskSet(0, CLONE_THREAD)),
+    sc!(SYS_clone3),
+    sc!(SYS_set_robust_list),
+    sc!(SYS_rseq),
+    sc!(SYS_sched_getaffinity),
+    sc!(SYS_prctl, ArgRule::Eq(0, libc::PR_SET_NAME as u64)),
+    sc!(SYS_rt_sigaction),
+];
+
 /// The keyholder after lock-down: a blocking loop over one already-open
 /// socketpair. It opens nothing, creates nothing, executes nothing.
 const KEYHOLDER: &[Syscall] = &[
@@ -128,16 +140,9 @@ const STORER: &[Syscall] = &[
     sc!(SYS_getuid),
     sc!(SYS_geteuid),
     sc!(SYS_getppid),
-    sc!(SYS_clone, ArgRule::MaskSet(0, CLONE_THREAD)),
-    sc!(SYS_clone3),
-    sc!(SYS_set_robust_list),
-    sc!(SYS_rseq),
-    sc!(SYS_sched_getaffinity),
-    sc!(SYS_prctl, ArgRule::Eq(0, libc::PR_SET_NAME as u64)),
     sc!(SYS_fchown),
     sc!(SYS_dup2),
     sc!(SYS_getdents64),
-    sc!(SYS_rt_sigaction),
     sc!(SYS_dup3),
 ];
 
@@ -178,13 +183,6 @@ const SHIM: &[Syscall] = &[
     sc!(SYS_clock_nanosleep),
     sc!(SYS_nanosleep),
     sc!(SYS_getuid),
-    sc!(SYS_clone, ArgRule::MaskSet(0, CLONE_THREAD)),
-    sc!(SYS_clone3),
-    sc!(SYS_set_robust_list),
-    sc!(SYS_rseq),
-    sc!(SYS_sched_getaffinity),
-    sc!(SYS_prctl, ArgRule::Eq(0, libc::PR_SET_NAME as u64)),
-    sc!(SYS_rt_sigaction),
 ];
 
 /// The keyholder's full allow-list: runtime plus its own calls.
@@ -193,11 +191,11 @@ pub fn keyholder() -> Vec<Syscall> {
 }
 
 pub fn storer() -> Vec<Syscall> {
-    RUNTIME.iter().chain(STORER).copied().collect()
+    RUNTIME.iter().chain(THREADS).chain(STORER).copied().collect()
 }
 
 pub fn shim() -> Vec<Syscall> {
-    RUNTIME.iter().chain(SHIM).copied().collect()
+    RUNTIME.iter().chain(THREADS).chain(SHIM).copied().collect()
 }
 
 /// The shim starts threads like the storer.

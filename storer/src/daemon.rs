@@ -509,6 +509,31 @@ fn dup_tag(st: &mut State, text: &str) -> Result<[u8; 32], ErrorBody> {
     st.kh.tag(vec![input]).map_err(keyholder_error)?.pop().ok_or_else(|| internal("no tag"))
 }
 
+/// A new record's row (body still to be sealed), its body, and the item
+/// that seals the body.
+fn new_record(r: NewRecord, now: i64) -> Result<(Row, Body, SealItem), ErrorBody> {
+    let created_at = r.created_at.unwrap_or(now);
+    let id = new_id(created_at);
+    let row = Row {
+        id,
+        created_at,
+        tier: i64::from(r.tier.code()),
+        role: i64::from(r.role.code()),
+        reinforced: 0,
+        body: Vec::new(),
+    };
+    let body = Body {
+        text: r.text,
+        cue: r.cue,
+        tags: r.tags,
+        session: r.session,
+        provenance: r.provenance,
+        project: r.project,
+    };
+    let plain = serde_json::to_vec(&body).map_err(internal)?;
+    Ok((row, body, SealItem { field: Field::RecordBody, row: RowId(id), plain }))
+}
+
 /// Inserts a record, or reinforces the identical one. `supersedes` adds a
 /// contradiction edge from the new record to that one in the same transaction.
 fn store_record(
@@ -541,30 +566,12 @@ fn store_record(
         return Ok((id, CaptureStatus::Reinforced));
     }
 
-    let created_at = r.created_at.unwrap_or_else(now_ms);
-    let id = new_id(created_at);
-    let body = Body {
-        text: r.text,
-        cue: r.cue,
-        tags: r.tags,
-        session: r.session,
-        provenance: r.provenance,
-        project: r.project,
-    };
-    let plain = serde_json::to_vec(&body).map_err(internal)?;
-    let item = SealItem { field: Field::RecordBody, row: RowId(id), plain };
+    let (mut row, body, item) = new_record(r, now_ms())?;
+    let id = row.id;
     let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Capture };
     let touched: Vec<[u8; 16]> = std::iter::once(id).chain(supersedes).collect();
     let Sealed { mut blobs, event, counter } = seal_with_event(st, vec![item], kind, &touched)?;
-    let blob = blobs.pop().ok_or_else(|| internal("no sealed blob"))?;
-    let row = Row {
-        id,
-        created_at,
-        tier: i64::from(r.tier.code()),
-        role: i64::from(r.role.code()),
-        reinforced: 0,
-        body: blob,
-    };
+    row.body = blobs.pop().ok_or_else(|| internal("no sealed blob"))?;
     st.db
         .write(Some(&counter), |tx| {
             db::insert_record(tx, &row, &tag)?;
@@ -665,26 +672,9 @@ fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchR
             plan.push(Planned { new: None, id });
             continue;
         }
-        let created_at = r.created_at.unwrap_or(now);
-        let id = new_id(created_at);
-        let body = Body {
-            text: r.text,
-            cue: r.cue,
-            tags: r.tags,
-            session: r.session,
-            provenance: r.provenance,
-            project: r.project,
-        };
-        let plain = serde_json::to_vec(&body).map_err(internal)?;
-        items.push(SealItem { field: Field::RecordBody, row: RowId(id), plain });
-        let row = Row {
-            id,
-            created_at,
-            tier: i64::from(r.tier.code()),
-            role: i64::from(r.role.code()),
-            reinforced: 0,
-            body: Vec::new(),
-        };
+        let (row, body, item) = new_record(r, now)?;
+        let id = row.id;
+        items.push(item);
         seen.push((*tag, id));
         plan.push(Planned { new: Some((row, body)), id });
     }
