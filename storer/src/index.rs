@@ -119,6 +119,8 @@ pub struct Index {
     projects: HashMap<Box<str>, u32>,
     /// The last record added to each session.
     session_tail: HashMap<u32, u32>,
+    /// Token count of each record, dense for the scoring loop.
+    lens: Vec<u32>,
     total_len: u64,
     live: u64,
 }
@@ -182,6 +184,7 @@ impl Index {
             self.docs[p as usize].next = Some(slot);
         }
         self.docs.push(Doc { meta, session, project, len: toks.len() as u32, alive: true, prev, next: None });
+        self.lens.push(toks.len() as u32);
     }
 
     /// Removes a record; `text` must be what was indexed for it.
@@ -279,29 +282,46 @@ impl Index {
         };
         let n = self.live as f64;
         let avg = (self.total_len as f64 / n).max(1.0);
-        let mut scores: HashMap<u32, f64> = HashMap::new();
+        // Dense accumulators: one slot per record, touched slots listed, so a
+        // common term costs a linear pass, not a hash insert per posting.
+        let mut acc = vec![0f32; self.docs.len()];
+        let mut touched: Vec<u32> = Vec::new();
         for t in &toks {
             let Some(&tid) = self.terms.get(t.as_str()) else {
                 continue;
             };
             let list = &self.postings[tid as usize];
             let df = list.len() as f64;
-            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
+            let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln() as f32;
+            let (k1, b, avg) = (K1 as f32, B as f32, avg as f32);
             for &(slot, tf) in list {
-                let doc = &self.docs[slot as usize];
-                let tf = f64::from(tf);
-                let norm = K1 * (1.0 - B + B * f64::from(doc.len) / avg);
-                *scores.entry(slot).or_insert(0.0) += idf * tf * (K1 + 1.0) / (tf + norm);
+                let tf = tf as f32;
+                let norm = k1 * (1.0 - b + b * self.lens[slot as usize] as f32 / avg);
+                let a = &mut acc[slot as usize];
+                if *a == 0.0 {
+                    touched.push(slot);
+                }
+                *a += idf * tf * (k1 + 1.0) / (tf + norm);
             }
         }
-        let mut spread: HashMap<u32, f64> = HashMap::with_capacity(scores.len() * 3);
-        for (&slot, &s) in &scores {
-            *spread.entry(slot).or_insert(0.0) += s;
+        let mut spread = vec![0f32; self.docs.len()];
+        let mut reached: Vec<u32> = Vec::with_capacity(touched.len() * 2);
+        for &slot in &touched {
+            let s = acc[slot as usize];
             let d = &self.docs[slot as usize];
-            for n in [d.prev, d.next].into_iter().flatten() {
-                *spread.entry(n).or_insert(0.0) += NEIGHBOUR_WEIGHT * s;
+            for (target, w) in [(Some(slot), 1.0), (d.prev, NEIGHBOUR_WEIGHT as f32), (d.next, NEIGHBOUR_WEIGHT as f32)]
+            {
+                if let Some(t) = target {
+                    let v = &mut spread[t as usize];
+                    if *v == 0.0 {
+                        reached.push(t);
+                    }
+                    *v += w * s;
+                }
             }
         }
+        let spread: Vec<(u32, f64)> =
+            reached.into_iter().map(|slot| (slot, f64::from(spread[slot as usize]))).collect();
         let mut ranked: Vec<(u32, f64)> = spread
             .into_iter()
             .filter(|&(slot, _)| {
