@@ -38,6 +38,7 @@ fn main() {
         Some("seal") => seal(flag("--iters", 20_000), json),
         Some("store") => store(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
+        Some("hooks") => hooks(flag("--records", 10_000), flag("--runs", 200), json),
         Some("locomo") => {
             let dir =
                 args.get(1).filter(|a| !a.starts_with("--")).unwrap_or_else(|| die("locomo needs the data directory"));
@@ -718,5 +719,84 @@ mod tests {
         assert_eq!(super::locomo_date("1:56 pm on 8 May, 2023"), Some(1_683_554_160_000));
         assert_eq!(super::locomo_date("12:05 am on 1 January, 2024"), Some(1_704_067_500_000));
         assert_eq!(super::locomo_date("nonsense"), None);
+    }
+}
+
+/// Hook latency, process start to exit: `iai-mcp hook capture` with one new
+/// turn in the transcript, and `iai-mcp hook session-start`, on a store of
+/// `records` memories.
+fn hooks(records: usize, runs: usize, json: bool) {
+    use std::io::Write as _;
+    let bin = iai_bin();
+    let dir = tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir");
+    let home = dir.path().join("h");
+    run(&bin, &home, &["init"], true);
+    run(&bin, &home, &["unlock"], true);
+    let mut client = Client::connect(&iai_policy::Home::new(home.clone()).expect("home")).expect("connect");
+    let mut rng = Rng(11);
+    let mut i = 0;
+    while i < records {
+        let items: Vec<CaptureRequest> = (i..(i + 200).min(records))
+            .map(|k| CaptureRequest {
+                text: memory_text(&mut rng, k),
+                project: Some("/work/app".into()),
+                ..Default::default()
+            })
+            .collect();
+        i += items.len();
+        client.capture_batch(iai_storer::proto::CaptureBatchRequest { items, cursor: None }).expect("batch");
+    }
+    let user = dir.path().join("user");
+    let projects = user.join(".claude/projects/-work-app");
+    std::fs::create_dir_all(&projects).expect("mkdir");
+    let transcript = projects.join("s.jsonl");
+    std::fs::write(&transcript, b"").expect("transcript");
+    let hook = |event: &str, input: &serde_json::Value| -> Duration {
+        let t = Instant::now();
+        let mut child = Command::new(&bin)
+            .args(["hook", event])
+            .env("IAI_MCP_HOME", &home)
+            .env("HOME", &user)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("hook");
+        let _ = child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes());
+        child.wait().expect("wait");
+        t.elapsed()
+    };
+    let input = serde_json::json!({"session_id": "s", "transcript_path": transcript, "cwd": "/work/app", "hook_event_name": "Stop"});
+    let mut capture = Vec::new();
+    for r in 0..runs {
+        let line = serde_json::json!({"type": "user", "uuid": format!("u{r}"), "message": {"content": memory_text(&mut rng, records + r)}});
+        let mut f = std::fs::OpenOptions::new().append(true).open(&transcript).expect("open");
+        writeln!(f, "{line}").expect("append");
+        drop(f);
+        capture.push(hook("capture", &input));
+    }
+    let start_input = serde_json::json!({"session_id": "s", "cwd": "/work/app", "source": "startup"});
+    let start: Vec<Duration> = (0..runs).map(|_| hook("session-start", &start_input)).collect();
+    let stored = client.stats().expect("stats").records as usize;
+    drop(client);
+    run(&bin, &home, &["lock"], false);
+    if stored != records + runs {
+        die(&format!("expected {} records after the capture hooks, found {stored}", records + runs));
+    }
+    let (c, s) = (summarize(capture), summarize(start));
+    if json {
+        let f = |x: &Summary| serde_json::json!({"p50_us": x.p50, "p95_us": x.p95, "p99_us": x.p99, "n": x.n});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({"records": records, "capture": f(&c), "session_start": f(&s)})
+            )
+            .expect("json")
+        );
+        return;
+    }
+    println!("hook latency, process start to exit, at {records} records");
+    println!("{:<30} {:>10} {:>10} {:>10} {:>6}", "(ms)", "p50", "p95", "p99", "n");
+    for (n, x) in [("capture of one new turn", &c), ("session start", &s)] {
+        println!("{n:<30} {:>10.1} {:>10.1} {:>10.1} {:>6}", x.p50 / 1e3, x.p95 / 1e3, x.p99 / 1e3, x.n);
     }
 }
