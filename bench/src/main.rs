@@ -711,17 +711,6 @@ fn locomo(dir: &Path, json: bool) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn locomo_dates() {
-        // 2023-05-08 13:56 UTC
-        assert_eq!(super::locomo_date("1:56 pm on 8 May, 2023"), Some(1_683_554_160_000));
-        assert_eq!(super::locomo_date("12:05 am on 1 January, 2024"), Some(1_704_067_500_000));
-        assert_eq!(super::locomo_date("nonsense"), None);
-    }
-}
-
 /// Hook latency, process start to exit: `iai-mcp hook capture` with one new
 /// turn in the transcript, and `iai-mcp hook session-start`, on a store of
 /// `records` memories.
@@ -798,5 +787,16 @@ fn hooks(records: usize, runs: usize, json: bool) {
     println!("{:<30} {:>10} {:>10} {:>10} {:>6}", "(ms)", "p50", "p95", "p99", "n");
     for (n, x) in [("capture of one new turn", &c), ("session start", &s)] {
         println!("{n:<30} {:>10.1} {:>10.1} {:>10.1} {:>6}", x.p50 / 1e3, x.p95 / 1e3, x.p99 / 1e3, x.n);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn locomo_dates() {
+        // 2023-05-08 13:56 UTC
+        assert_eq!(super::locomo_date("1:56 pm on 8 May, 2023"), Some(1_683_554_160_000));
+        assert_eq!(super::locomo_date("12:05 am on 1 January, 2024"), Some(1_704_067_500_000));
+        assert_eq!(super::locomo_date("nonsense"), None);
     }
 }
