@@ -393,36 +393,7 @@ fn check_len(what: &str, s: &str, max: usize) -> Result<(), ErrorBody> {
 /// Latest time a capture may claim: a day ahead tolerates clock skew.
 const FUTURE_SLACK_MS: i64 = 86_400_000;
 
-/// The fields a new record is made of (capture and contradict).
-struct NewRecord {
-    text: String,
-    cue: Option<String>,
-    tier: Tier,
-    role: Role,
-    session: Option<String>,
-    tags: Vec<String>,
-    provenance: Option<String>,
-    project: Option<String>,
-    created_at: Option<i64>,
-}
-
-impl From<CaptureRequest> for NewRecord {
-    fn from(c: CaptureRequest) -> Self {
-        NewRecord {
-            text: c.text,
-            cue: c.cue,
-            tier: c.tier,
-            role: c.role,
-            session: c.session,
-            tags: c.tags,
-            provenance: c.provenance,
-            project: c.project,
-            created_at: c.created_at,
-        }
-    }
-}
-
-fn validate(r: &NewRecord) -> Result<(), ErrorBody> {
+fn validate(r: &CaptureRequest) -> Result<(), ErrorBody> {
     if r.text.trim().is_empty() {
         return Err(invalid("text is empty"));
     }
@@ -511,7 +482,7 @@ fn dup_tag(st: &mut State, text: &str) -> Result<[u8; 32], ErrorBody> {
 
 /// A new record's row (body still to be sealed), its body, and the item
 /// that seals the body.
-fn new_record(r: NewRecord, now: i64) -> Result<(Row, Body, SealItem), ErrorBody> {
+fn new_record(r: CaptureRequest, now: i64) -> Result<(Row, Body, SealItem), ErrorBody> {
     let created_at = r.created_at.unwrap_or(now);
     let id = new_id(created_at);
     let row = Row {
@@ -538,7 +509,7 @@ fn new_record(r: NewRecord, now: i64) -> Result<(Row, Body, SealItem), ErrorBody
 /// contradiction edge from the new record to that one in the same transaction.
 fn store_record(
     st: &mut State,
-    r: NewRecord,
+    r: CaptureRequest,
     supersedes: Option<[u8; 16]>,
 ) -> Result<([u8; 16], CaptureStatus), ErrorBody> {
     validate(&r)?;
@@ -589,7 +560,7 @@ fn store_record(
 }
 
 fn capture(st: &mut State, c: CaptureRequest) -> Result<CaptureResult, ErrorBody> {
-    let (id, status) = store_record(st, c.into(), None)?;
+    let (id, status) = store_record(st, c, None)?;
     Ok(CaptureResult { id: uuid_str(&id), status })
 }
 
@@ -640,7 +611,7 @@ fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchR
     if let Some(c) = &b.cursor {
         check_cursor(c)?;
     }
-    let records: Vec<NewRecord> = b.items.into_iter().map(NewRecord::from).collect();
+    let records = b.items;
     for (i, r) in records.iter().enumerate() {
         validate(r).map_err(|e| ErrorBody::new(e.code, format!("item {i}: {}", e.message)))?;
     }
@@ -740,16 +711,14 @@ fn contradict(st: &mut State, c: ContradictRequest) -> Result<ContradictResult, 
     if !st.db.exists(&old).map_err(storage)? {
         return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", uuid_str(&old))));
     }
-    let r = NewRecord {
+    let r = CaptureRequest {
         text: c.text,
         cue: c.cue,
         tier: c.tier,
         role: c.role,
         session: c.session,
         tags: c.tags,
-        provenance: None,
-        project: None,
-        created_at: None,
+        ..Default::default()
     };
     let (id, status) = store_record(st, r, Some(old))?;
     Ok(ContradictResult { id: uuid_str(&id), status, supersedes: uuid_str(&old) })
