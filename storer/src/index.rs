@@ -34,22 +34,47 @@ const STOP_WORDS: &[&str] = &[
 /// Turns text into index terms.
 pub struct Tokenizer {
     stemmer: Stemmer,
+    stop: std::collections::HashSet<&'static str>,
+    /// Stems of words seen before: most words repeat, and stemming is the
+    /// costly step when the index is built at unlock. Bounded by [`STEM_CACHE`].
+    stems: std::cell::RefCell<HashMap<Box<str>, Box<str>>>,
 }
+
+/// Most distinct words whose stem is remembered; the cache is emptied past it.
+const STEM_CACHE: usize = 200_000;
 
 impl Default for Tokenizer {
     fn default() -> Self {
-        Tokenizer { stemmer: Stemmer::create(Algorithm::English) }
+        Tokenizer {
+            stemmer: Stemmer::create(Algorithm::English),
+            stop: STOP_WORDS.iter().copied().collect(),
+            stems: std::cell::RefCell::new(HashMap::new()),
+        }
     }
 }
 
 impl Tokenizer {
     pub fn terms(&self, text: &str, out: &mut Vec<String>) {
+        let mut stems = self.stems.borrow_mut();
         for word in text.unicode_words() {
-            let lower = word.to_lowercase();
-            if STOP_WORDS.contains(&lower.as_str()) {
+            let lower = if word.is_ascii() { word.to_ascii_lowercase() } else { word.to_lowercase() };
+            if self.stop.contains(lower.as_str()) {
                 continue;
             }
-            let mut term = if lower.is_ascii() { self.stemmer.stem(&lower).into_owned() } else { lower };
+            let mut term = if lower.is_ascii() {
+                if let Some(s) = stems.get(lower.as_str()) {
+                    s.to_string()
+                } else {
+                    let s = self.stemmer.stem(&lower).into_owned();
+                    if stems.len() >= STEM_CACHE {
+                        stems.clear();
+                    }
+                    stems.insert(lower.into_boxed_str(), s.clone().into_boxed_str());
+                    s
+                }
+            } else {
+                lower
+            };
             if term.len() > MAX_TOKEN_BYTES {
                 let mut cut = MAX_TOKEN_BYTES;
                 while !term.is_char_boundary(cut) {
@@ -487,5 +512,49 @@ mod tests {
         assert_eq!(order, vec![3, 1, 2], "project first, newest first within it");
         let order: Vec<u8> = ix.recent(None, 2).iter().map(|m| m.id[0]).collect();
         assert_eq!(order, vec![2, 3]);
+    }
+}
+
+#[cfg(test)]
+mod build_speed {
+    use super::*;
+
+    /// Not a check: prints how long indexing takes (run with --ignored --nocapture in release).
+    #[test]
+    #[ignore]
+    fn index_build_time() {
+        let words = ["deploy", "staging", "Zürich", "東京", "会議", "данные", "release", "benchmark", "cache", "mutex"];
+        let texts: Vec<String> = (0..100_000u64)
+            .map(|i| (0..80).map(|k| words[((i * 31 + k * 7) % 10) as usize]).collect::<Vec<_>>().join(" "))
+            .collect();
+        let t = std::time::Instant::now();
+        let tok = Tokenizer::default();
+        let mut n = 0;
+        for s in &texts {
+            let mut out = Vec::new();
+            tok.terms(s, &mut out);
+            n += out.len();
+        }
+        eprintln!("tokenise only: {:?} ({n} tokens)", t.elapsed());
+        let t = std::time::Instant::now();
+        let mut ix = Index::default();
+        for (i, s) in texts.iter().enumerate() {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            ix.add(
+                DocMeta {
+                    id,
+                    created_at: 0,
+                    tier: 1,
+                    role: 0,
+                    session: None,
+                    project: None,
+                    reinforced: 0,
+                    superseded_by: None,
+                },
+                s,
+            );
+        }
+        eprintln!("index add: {:?}", t.elapsed());
     }
 }
