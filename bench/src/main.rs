@@ -268,6 +268,17 @@ fn run(bin: &Path, home: &Path, args: &[&str], pass: bool) -> Duration {
     t.elapsed()
 }
 
+/// A fresh home under /tmp, initialised and unlocked by `bin`, with a client
+/// of its storer. The directory goes away when the returned guard drops.
+fn unlocked_store(bin: &Path) -> (tempfile::TempDir, PathBuf, Client) {
+    let dir = tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir");
+    let home = dir.path().join("h");
+    run(bin, &home, &["init"], true);
+    run(bin, &home, &["unlock"], true);
+    let client = Client::connect(&iai_policy::Home::new(home.clone()).expect("home")).expect("connect");
+    (dir, home, client)
+}
+
 /// Peak resident set (VmHWM) of a process, in MiB.
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -279,12 +290,8 @@ fn peak_rss_mib(pid: u32) -> f64 {
 
 fn store(records: usize, queries: usize, json: bool) {
     let bin = iai_bin();
-    let dir = tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir");
-    let home = dir.path().join("h");
-    run(&bin, &home, &["init"], true);
-    run(&bin, &home, &["unlock"], true);
+    let (_dir, home, mut client) = unlocked_store(&bin);
     let ihome = iai_policy::Home::new(home.clone()).expect("home");
-    let mut client = Client::connect(&ihome).expect("connect");
     let mut rng = Rng(42);
 
     let mut capture = Vec::with_capacity(records);
@@ -364,12 +371,7 @@ fn mcp(records: usize, queries: usize, json: bool) {
     use rmcp::ServiceExt;
 
     let bin = iai_bin();
-    let dir = tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir");
-    let home = dir.path().join("h");
-    run(&bin, &home, &["init"], true);
-    run(&bin, &home, &["unlock"], true);
-    let ihome = iai_policy::Home::new(home.clone()).expect("home");
-    let mut client = Client::connect(&ihome).expect("connect");
+    let (_dir, home, mut client) = unlocked_store(&bin);
     let mut rng = Rng(42);
     for i in 0..records {
         client.capture(CaptureRequest { text: memory_text(&mut rng, i), ..Default::default() }).expect("capture");
@@ -448,18 +450,15 @@ fn mcp(records: usize, queries: usize, json: bool) {
 /// `unsandboxed-bench` feature.
 fn sandbox_cost(unsandboxed: &Path, records: usize, queries: usize, json: bool) {
     let bins = [iai_bin(), unsandboxed.to_path_buf()];
-    let dirs: Vec<_> =
-        (0..2).map(|_| tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir")).collect();
+    let mut homes = Vec::new();
     let mut clients = Vec::new();
-    for (bin, dir) in bins.iter().zip(&dirs) {
-        let home = dir.path().join("h");
-        run(bin, &home, &["init"], true);
-        run(bin, &home, &["unlock"], true);
-        let mut c = Client::connect(&iai_policy::Home::new(home).expect("home")).expect("connect");
+    for bin in &bins {
+        let (dir, home, mut c) = unlocked_store(bin);
         let degraded = !c.stats().expect("stats").degraded.is_empty();
         if degraded != (bin == unsandboxed) {
             die(&format!("{} is not the build expected (degraded: {degraded})", bin.display()));
         }
+        homes.push((dir, home));
         clients.push(c);
     }
     let mut rng = Rng(7);
@@ -488,8 +487,8 @@ fn sandbox_cost(unsandboxed: &Path, records: usize, queries: usize, json: bool) 
         }
     }
     drop(clients);
-    for (bin, dir) in bins.iter().zip(&dirs) {
-        run(bin, &dir.path().join("h"), &["lock"], false);
+    for (bin, (_, home)) in bins.iter().zip(&homes) {
+        run(bin, home, &["lock"], false);
     }
     let [cs, cu] = cap.map(summarize);
     let [rs, ru] = rec.map(summarize);
@@ -616,11 +615,7 @@ fn locomo(dir: &Path, json: bool) {
         }
         let conv: serde_json::Value = serde_json::from_slice(&std::fs::read(file).expect("read conversation"))
             .unwrap_or_else(|e| die(&format!("{}: {e}", file.display())));
-        let tmp = tempfile::Builder::new().prefix("iai-locomo").tempdir_in("/tmp").expect("tempdir");
-        let home = tmp.path().join("h");
-        run(&bin, &home, &["init"], true);
-        run(&bin, &home, &["unlock"], true);
-        let mut client = Client::connect(&iai_policy::Home::new(home.clone()).expect("home")).expect("connect");
+        let (_tmp, home, mut client) = unlocked_store(&bin);
         let mut id_to_dia: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
         let obj = conv.as_object().expect("conversation object");
         let mut sessions: Vec<usize> = obj.keys().filter_map(|k| k.strip_prefix("session_")?.parse().ok()).collect();
@@ -717,11 +712,7 @@ fn locomo(dir: &Path, json: bool) {
 fn hooks(records: usize, runs: usize, json: bool) {
     use std::io::Write as _;
     let bin = iai_bin();
-    let dir = tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir");
-    let home = dir.path().join("h");
-    run(&bin, &home, &["init"], true);
-    run(&bin, &home, &["unlock"], true);
-    let mut client = Client::connect(&iai_policy::Home::new(home.clone()).expect("home")).expect("connect");
+    let (dir, home, mut client) = unlocked_store(&bin);
     let mut rng = Rng(11);
     let mut i = 0;
     while i < records {
