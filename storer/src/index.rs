@@ -513,11 +513,6 @@ mod tests {
         let order: Vec<u8> = ix.recent(None, 2).iter().map(|m| m.id[0]).collect();
         assert_eq!(order, vec![2, 3]);
     }
-}
-
-#[cfg(test)]
-mod build_speed {
-    use super::*;
 
     /// Not a check: prints how long indexing takes (run with --ignored --nocapture in release).
     #[test]
@@ -539,21 +534,9 @@ mod build_speed {
         let t = std::time::Instant::now();
         let mut ix = Index::default();
         for (i, s) in texts.iter().enumerate() {
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            ix.add(
-                DocMeta {
-                    id,
-                    created_at: 0,
-                    tier: 1,
-                    role: 0,
-                    session: None,
-                    project: None,
-                    reinforced: 0,
-                    superseded_by: None,
-                },
-                s,
-            );
+            let mut m = meta(0, 0);
+            m.id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            ix.add(m, s);
         }
         eprintln!("index add: {:?}", t.elapsed());
     }
