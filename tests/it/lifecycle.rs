@@ -113,6 +113,14 @@ fn daemons_are_hardened_as_seen_from_outside() {
         let meta = std::fs::metadata(format!("/proc/{pid}/mem")).expect("mem");
         assert_eq!(meta.uid(), 0, "{name}");
     }
+    // Its key material is locked in RAM (never swapped): mlock shows as VmLck.
+    let status = std::fs::read_to_string(format!("/proc/{kh}/status")).expect("status");
+    let locked_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmLck");
+    assert!(locked_kib >= 4, "the keyholder has {locked_kib} kB locked; its key pages must be mlocked");
     // The keyholder holds nothing open but its socketpair (and stdio, which it closed or pointed at the log).
     let fds: Vec<String> = std::fs::read_dir(format!("/proc/{kh}/fd"))
         .expect("fd dir")
