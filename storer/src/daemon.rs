@@ -651,7 +651,18 @@ fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchR
     }
     let inserted = items.len();
     if let (Some(c), Some(row)) = (&b.cursor, cursor_row) {
-        items.push(SealItem { field: Field::MetaValue, row: RowId(row), plain: c.value.clone().into_bytes() });
+        let item = SealItem { field: Field::MetaValue, row: RowId(row), plain: c.value.clone().into_bytes() };
+        if plan.is_empty() {
+            // Only the position moved (lines with no turn in them): no event for that.
+            let (mut blobs, counter) = st.kh.seal(vec![item]).map_err(keyholder_error)?;
+            let blob = blobs.pop().ok_or_else(|| internal("missing sealed cursor"))?;
+            st.db.write(Some(&counter), |tx| db::set_cursor(tx, &row, &blob)).map_err(storage)?;
+            return Ok(CaptureBatchResult { results: Vec::new() });
+        }
+        items.push(item);
+    }
+    if plan.is_empty() {
+        return Ok(CaptureBatchResult { results: Vec::new() });
     }
     let touched: Vec<[u8; 16]> = plan.iter().map(|p| p.id).collect();
     let Sealed { blobs, event, counter } = seal_with_event(st, items, EventKind::Capture, &touched)?;
