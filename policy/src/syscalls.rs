@@ -55,8 +55,14 @@ macro_rules! sc {
 const CLONE_THREAD: u64 = libc::CLONE_THREAD as u64;
 
 /// What every Rust role needs to run at all: memory, signals for its own
-/// aborts, futexes, time and randomness.
+/// aborts, futexes, time and randomness; and what the kernel and the runtime
+/// use on paths a role does not choose: `restart_syscall` resumes a sleeping
+/// call interrupted by a stop (SIGSTOP/SIGCONT, a debugger or strace attach,
+/// the cgroup freezer, system suspend); `pause` is where std parks a thread
+/// that calls `exit` while another thread is already exiting.
 const RUNTIME: &[Syscall] = &[
+    sc!(SYS_restart_syscall),
+    sc!(SYS_pause),
     sc!(SYS_brk),
     sc!(SYS_mmap, ArgRule::NoExec(2)),
     sc!(SYS_mprotect, ArgRule::NoExec(2)),

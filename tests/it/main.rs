@@ -6,6 +6,7 @@ mod hooks;
 mod keyfile;
 mod lifecycle;
 mod mcp;
+mod ordinary;
 mod plaintext;
 mod protocol;
 mod support;

@@ -191,3 +191,79 @@ impl Rng {
         items[(self.next() % items.len() as u64) as usize]
     }
 }
+
+/// An `iai-mcp mcp` process spoken to in raw JSON-RPC lines, so a test sees
+/// exactly the bytes a host receives.
+pub struct RawMcp {
+    pub child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    next_id: u64,
+}
+
+impl RawMcp {
+    pub fn start(h: &TestHome) -> RawMcp {
+        let mut child = h
+            .cmd(&["mcp"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn iai-mcp mcp");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut m = RawMcp { child, stdin, stdout, next_id: 0 };
+        let init = m.request(
+            "initialize",
+            serde_json::json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "it", "version": "1"}}),
+        );
+        assert!(init.0["result"]["serverInfo"].is_object(), "initialize: {}", init.1);
+        m.send(&serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+        m
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn send(&mut self, v: &serde_json::Value) {
+        let mut line = serde_json::to_vec(v).expect("json");
+        line.push(b'\n');
+        self.stdin.write_all(&line).expect("write to the shim");
+        self.stdin.flush().expect("flush");
+    }
+
+    /// Sends a request; returns the parsed reply and the raw line as received.
+    pub fn request(&mut self, method: &str, params: serde_json::Value) -> (serde_json::Value, String) {
+        use std::io::BufRead;
+        self.next_id += 1;
+        let id = self.next_id;
+        self.send(&serde_json::json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}));
+        loop {
+            let mut line = String::new();
+            let n = self.stdout.read_line(&mut line).expect("read from the shim");
+            assert!(n > 0, "the shim closed stdout while a request was pending");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("a JSON-RPC line");
+            if v["id"] == id {
+                return (v, line);
+            }
+        }
+    }
+
+    /// Calls a tool; returns the reply and the raw line.
+    pub fn call(&mut self, tool: &str, args: serde_json::Value) -> (serde_json::Value, String) {
+        self.request("tools/call", serde_json::json!({"name": tool, "arguments": args}))
+    }
+}
+
+impl Drop for RawMcp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Sends `sig` to `pid`.
+pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
+}

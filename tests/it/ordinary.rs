@@ -1,0 +1,142 @@
+//! Ordinary life (issue 9): stops and freezes, full disks, large memories and
+//! replies, hung roles, idle connections. Each case is a way the store used to
+//! stop serving or capturing without saying so.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use iai_storer::proto::{CaptureRequest, RecallRequest};
+use nix::sys::signal::Signal;
+
+use crate::support::{alive, signal, RawMcp, TestHome};
+
+/// Captures through the socket and through the shim until `stop`, keeping
+/// every acknowledged (token, id).
+fn capture_burst(
+    h: &Arc<TestHome>,
+    shim: Arc<Mutex<RawMcp>>,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<(String, String)>>> {
+    let socket = {
+        let (h, stop) = (Arc::clone(h), Arc::clone(stop));
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut client = h.client();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let token = format!("sockstop{i:05}");
+                let r = client.capture(CaptureRequest { text: format!("{token} during stops"), ..Default::default() });
+                let r = r.unwrap_or_else(|e| panic!("capture {token} failed while roles were stopped: {e}"));
+                acked.push((token, r.id));
+                i += 1;
+            }
+            acked
+        })
+    };
+    let mcp = {
+        let stop = Arc::clone(stop);
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let token = format!("mcpstop{i:05}");
+                let (reply, raw) = shim
+                    .lock()
+                    .expect("lock")
+                    .call("memory_capture", serde_json::json!({"text": format!("{token} during stops")}));
+                let id = reply["result"]["structuredContent"]["id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("MCP capture {token} failed while roles were stopped: {raw}"));
+                acked.push((token, id.to_string()));
+                i += 1;
+            }
+            acked
+        })
+    };
+    vec![socket, mcp]
+}
+
+/// The cgroup v2 hierarchy, if this machine has one we may write to.
+fn cgroup2_root() -> Option<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+    let root = mounts.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+    })?;
+    let probe = root.join(format!("iai-mcp-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).ok()?;
+    let usable = probe.join("cgroup.freeze").exists();
+    let _ = std::fs::remove_dir(&probe);
+    usable.then_some(root)
+}
+
+/// Issue 9.1: SIGSTOP/SIGCONT (and a debugger attach, the cgroup freezer, a
+/// suspend) interrupt sleeping calls, which the kernel resumes with
+/// `restart_syscall`; that call was not allowed and the storer died of SIGSYS.
+#[test]
+fn every_role_survives_stop_continue_and_the_freezer_during_a_capture_burst() {
+    let h = Arc::new(TestHome::init_unlocked());
+    let (kh, st) = h.pids();
+    let shim = RawMcp::start(&h);
+    let shim_pid = shim.pid();
+    let shim = Arc::new(Mutex::new(shim));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers = capture_burst(&h, Arc::clone(&shim), &stop);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut cycles = Vec::new();
+    for (name, pid) in [("keyholder", kh), ("storer", st), ("shim", shim_pid)] {
+        for i in 0..100u64 {
+            signal(pid, Signal::SIGSTOP);
+            std::thread::sleep(Duration::from_micros(500 + (i % 7) * 700));
+            signal(pid, Signal::SIGCONT);
+            std::thread::sleep(Duration::from_micros(1500 + (i % 5) * 900));
+            assert!(alive(pid), "the {name} died after {i} stop/continue cycles");
+        }
+        cycles.push((name, 100));
+    }
+
+    // The cgroup v2 freezer, as a system suspend or `systemctl freeze` uses it.
+    let frozen = match cgroup2_root() {
+        Some(root) => {
+            let cg = root.join(format!("iai-mcp-test-{}", std::process::id()));
+            std::fs::create_dir(&cg).expect("create a cgroup");
+            for pid in [kh, st, shim_pid] {
+                std::fs::write(cg.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+            }
+            for _ in 0..30 {
+                std::fs::write(cg.join("cgroup.freeze"), "1").expect("freeze");
+                std::thread::sleep(Duration::from_millis(30));
+                std::fs::write(cg.join("cgroup.freeze"), "0").expect("thaw");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            // Back to the parent so the cgroup can be removed.
+            for pid in [kh, st, shim_pid] {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid.to_string());
+            }
+            let _ = std::fs::remove_dir(&cg);
+            30
+        }
+        None => {
+            eprintln!("no writable cgroup v2 hierarchy here: the freezer part is skipped");
+            0
+        }
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let acked: Vec<(String, String)> = writers.into_iter().flat_map(|w| w.join().expect("writer")).collect();
+    for (name, pid) in [("keyholder", kh), ("storer", st), ("shim", shim_pid)] {
+        assert!(alive(pid), "the {name} died");
+    }
+    assert!(acked.len() >= 20, "only {} captures were acknowledged", acked.len());
+    let mut client = h.client();
+    for (token, id) in &acked {
+        let hits = client
+            .recall(RecallRequest { cue: token.clone(), limit: Some(1), ..Default::default() })
+            .expect("recall")
+            .hits;
+        assert_eq!(hits.first().map(|h| h.id.as_str()), Some(id.as_str()), "acknowledged capture {token} was lost");
+    }
+    eprintln!("stop/continue cycles survived: {cycles:?}; freezer cycles: {frozen}; captures acknowledged: {}", acked.len());
+}
