@@ -388,7 +388,15 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Forget { id } => {
             let r = Client::connect(&home)?.forget(&id)?;
-            println!("{} forgotten: removed from the database and its journal", r.id);
+            if r.erased {
+                println!("{} forgotten: removed from the database and its journal", r.id);
+            } else {
+                println!("{} forgotten: removed from the database", r.id);
+                eprintln!(
+                    "iai-mcp: WARNING: the disk is full, so its old bytes stay in the database file until \
+                     space is freed and the next write checkpoints it"
+                );
+            }
             Ok(())
         }
         Cmd::Contradict { id, text, tier } => {
@@ -696,6 +704,9 @@ fn status(home: &Home, json: bool) -> Result<()> {
             println!("  memories: {} ({})", s.records, tiers.join(", "));
             println!("  store size: {} bytes", s.store_bytes);
             println!("  seals: {} of at most {} for this key", s.seal_count, s.seal_limit);
+            if s.disk_full {
+                println!("  WARNING: the disk holding the store is full: new memories are NOT being stored until space is freed");
+            }
             if s.unreadable > 0 {
                 println!("  WARNING: {} records did not authenticate and are not served", s.unreadable);
             }

@@ -44,7 +44,7 @@ pub fn dispatch() -> Option<u8> {
         "__storer" => |a| match a.keyholder_fd {
             Some(fd) => iai_storer::daemon::run(a.home, fd, a.opts),
             None => {
-                eprintln!("iai-mcp: the storer role needs --keyholder-fd");
+                iai_policy::log!("iai-mcp: the storer role needs --keyholder-fd");
                 2
             }
         },
@@ -53,7 +53,7 @@ pub fn dispatch() -> Option<u8> {
     let code = match parse(args) {
         Ok(a) => run(a),
         Err(e) => {
-            eprintln!("iai-mcp: {e} (daemon roles are started by `iai-mcp unlock`, not by hand)");
+            iai_policy::log!("iai-mcp: {e} (daemon roles are started by `iai-mcp unlock`, not by hand)");
             2
         }
     };

@@ -39,7 +39,7 @@ pub fn run(home: Home, opts: Options) -> i32 {
             let mut out = std::io::stdout();
             let _ = out.write_all(error_line(f.stage, &f.message).as_bytes());
             let _ = out.flush();
-            eprintln!("keyholder: {}: {}", f.stage, f.message);
+            iai_policy::log!("keyholder: {}: {}", f.stage, f.message);
             2
         }
     }
@@ -86,7 +86,7 @@ fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool), Fail>
     let applied = iai_policy::apply(&Sandbox::keyholder(), &[stream.as_raw_fd()], opts)
         .map_err(|e| fail("sandbox", e.to_string()))?;
     for d in &applied.degraded {
-        eprintln!("keyholder: running with a degraded sandbox: {d}");
+        iai_policy::log!("keyholder: running with a degraded sandbox: {d}");
     }
     // From here on the storer owns the report to `unlock`; stdin is spent.
     let _ = nix::unistd::close(1);
@@ -177,14 +177,14 @@ pub fn serve(mut stream: UnixStream, mut sealer: Sealer, degraded: bool) -> i32 
             Ok(Some(body)) => body,
             Ok(None) => return 0,
             Err(e) => {
-                eprintln!("keyholder: closing the channel: {e}");
+                iai_policy::log!("keyholder: closing the channel: {e}");
                 return 3;
             }
         };
         let request = match Request::decode(&body) {
             Ok(r) => r,
             Err(e) => {
-                eprintln!("keyholder: closing the channel on a malformed request: {e}");
+                iai_policy::log!("keyholder: closing the channel on a malformed request: {e}");
                 return 3;
             }
         };

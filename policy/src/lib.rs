@@ -22,6 +22,7 @@ compile_error!(
 );
 
 pub mod layout;
+pub mod log;
 mod sys;
 pub mod syscalls;
 

@@ -23,7 +23,7 @@ pub fn run(home: iai_policy::Home) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("iai-mcp mcp: cannot start the runtime: {e}");
+            iai_policy::log!("iai-mcp mcp: cannot start the runtime: {e}");
             return 1;
         }
     };
@@ -32,14 +32,14 @@ pub fn run(home: iai_policy::Home) -> i32 {
         let service = match Shim::new(home).serve(rmcp::transport::stdio()).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("iai-mcp mcp: the MCP session did not start: {e}");
+                iai_policy::log!("iai-mcp mcp: the MCP session did not start: {e}");
                 return 1;
             }
         };
         match service.waiting().await {
             Ok(_) => 0,
             Err(e) => {
-                eprintln!("iai-mcp mcp: {e}");
+                iai_policy::log!("iai-mcp mcp: {e}");
                 1
             }
         }

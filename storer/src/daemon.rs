@@ -87,7 +87,7 @@ pub fn run(home: Home, keyholder_fd: i32, opts: Options) -> i32 {
             let mut out = std::io::stdout();
             let _ = out.write_all(error_line(f.stage, &f.message).as_bytes());
             let _ = out.flush();
-            eprintln!("storer: {}: {}", f.stage, f.message);
+            iai_policy::log!("storer: {}: {}", f.stage, f.message);
             2
         }
     }
@@ -113,12 +113,16 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
         .map_err(|e| fail("storer", format!("cannot open {}: {e}", home.pid_file().display())))?;
     let mut pid_lock = Flock::lock(pid_file, FlockArg::LockExclusiveNonblock)
         .map_err(|_| fail("busy", "iai-mcp is already unlocked (another storer holds the lock)"))?;
-    pid_lock.set_len(0).map_err(|e| fail("storer", e))?;
-    writeln!(pid_lock, "{}", std::process::id()).map_err(|e| fail("storer", e))?;
+    // Written in place at a fixed width, so a restart on a full disk needs
+    // no new space for it.
+    let pid_line = format!("{:<10}\n", std::process::id());
+    std::os::unix::fs::FileExt::write_all_at(&*pid_lock, pid_line.as_bytes(), 0)
+        .and_then(|()| pid_lock.set_len(pid_line.len() as u64))
+        .map_err(|e| fail("storer", format!("cannot write {}: {e}", home.pid_file().display())))?;
 
     let socket = home.socket();
     match std::fs::remove_file(&socket) {
-        Ok(()) => eprintln!("storer: removed a stale socket left by an earlier storer"),
+        Ok(()) => iai_policy::log!("storer: removed a stale socket left by an earlier storer"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(fail("storer", format!("cannot remove stale socket {}: {e}", socket.display()))),
     }
@@ -169,7 +173,7 @@ fn load_index(state: &mut State) -> Result<(), ErrorBody> {
                 Some(body) => index.add(meta_of(&row, &body), &body.searchable()),
                 None => {
                     *unreadable += 1;
-                    eprintln!("storer: record {} does not authenticate; it is skipped", uuid_str(&row.id));
+                    iai_policy::log!("storer: record {} does not authenticate; it is skipped", uuid_str(&row.id));
                 }
             }
         }
@@ -220,7 +224,7 @@ fn watch_keyholder(state: &State) -> Result<(), Fail> {
                     Err(_) => break,
                 }
             }
-            eprintln!("storer: the keyholder has gone away; stopping");
+            iai_policy::log!("storer: the keyholder has gone away; stopping");
             let _ = std::fs::remove_file(&socket);
             std::process::exit(0);
         })
@@ -235,7 +239,7 @@ fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
         let mut stream = match conn {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("storer: accept failed: {e}");
+                iai_policy::log!("storer: accept failed: {e}");
                 continue;
             }
         };
@@ -243,7 +247,7 @@ fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
         match peer {
             Ok(cred) if cred.uid() == my_uid => {}
             Ok(cred) => {
-                eprintln!("storer: refused a client with uid {} (storer uid {my_uid})", cred.uid());
+                iai_policy::log!("storer: refused a client with uid {} (storer uid {my_uid})", cred.uid());
                 let err = ErrorBody::new(
                     ErrorCode::PeerRefused,
                     format!("refused: this storer serves only uid {my_uid}, the client runs as uid {}", cred.uid()),
@@ -252,7 +256,7 @@ fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
                 continue;
             }
             Err(e) => {
-                eprintln!("storer: could not read peer credentials: {e}");
+                iai_policy::log!("storer: could not read peer credentials: {e}");
                 continue;
             }
         }
@@ -270,7 +274,7 @@ fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
         });
         if let Err(e) = spawned {
             active.fetch_sub(1, Ordering::SeqCst);
-            eprintln!("storer: could not start a connection thread: {e}");
+            iai_policy::log!("storer: could not start a connection thread: {e}");
         }
     }
     0
@@ -303,7 +307,7 @@ fn connection(mut stream: UnixStream, state: &Mutex<State>) {
             Ok(Request::Shutdown) => {
                 let st = lock(state);
                 let _ = proto::write_frame(&mut stream, &proto::encode_ok(&Ack { done: true }));
-                eprintln!("storer: lock requested; stopping");
+                iai_policy::log!("storer: lock requested; stopping");
                 let _ = std::fs::remove_file(st.home.socket());
                 std::process::exit(0);
             }
@@ -358,7 +362,14 @@ fn internal(e: impl std::fmt::Display) -> ErrorBody {
 }
 
 fn storage(e: rusqlite::Error) -> ErrorBody {
-    eprintln!("storer: database error: {e}");
+    iai_policy::log!("storer: database error: {e}");
+    if db::is_disk_full(&e) {
+        return ErrorBody::new(
+            ErrorCode::DiskFull,
+            "the disk holding the iai-mcp store is full: nothing was stored. Free some space on it; \
+             recall and status keep working meanwhile",
+        );
+    }
     ErrorBody::new(ErrorCode::Storage, format!("database error: {e}; nothing was changed"))
 }
 
@@ -369,7 +380,7 @@ fn keyholder_error(e: ClientError) -> ErrorBody {
             "this data key has sealed as many values as is safe; nothing was stored (key rotation is needed)",
         ),
         other => {
-            eprintln!("storer: keyholder failure: {other}");
+            iai_policy::log!("storer: keyholder failure: {other}");
             ErrorBody::new(ErrorCode::KeyholderUnavailable, "the keyholder is gone; run `iai-mcp unlock` again")
         }
     }
@@ -814,7 +825,7 @@ fn hits_for(st: &mut State, ranked: Vec<(DocMeta, f64)>, more: bool) -> Result<R
     let mut hits = Vec::with_capacity(rows.len());
     for ((row, meta, score), p) in rows.into_iter().zip(plain) {
         let Some(body) = p.ok().and_then(|p| serde_json::from_slice::<Body>(&p).ok()) else {
-            eprintln!("storer: record {} does not authenticate; left out of the results", uuid_str(&row.id));
+            iai_policy::log!("storer: record {} does not authenticate; left out of the results", uuid_str(&row.id));
             continue;
         };
         hits.push(Hit {
@@ -853,11 +864,21 @@ fn forget(st: &mut State, id: &str) -> Result<ForgetResult, ErrorBody> {
         .map_err(keyholder_error)?;
     let body = plain.into_iter().next().and_then(|p| p.ok()).and_then(|p| serde_json::from_slice::<Body>(&p).ok());
     let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Forget, &[id])?;
-    st.db.delete(&id, &event, &counter).map_err(storage)?;
+    let (_, erased) = st.db.delete(&id, &event, &counter).map_err(|e| match storage(e) {
+        full if full.code == ErrorCode::DiskFull => ErrorBody::new(
+            ErrorCode::DiskFull,
+            "the disk holding the iai-mcp store is full and its space reserve is used up: nothing was \
+             forgotten. Free some space on it, then forget again",
+        ),
+        other => other,
+    })?;
+    if !erased {
+        iai_policy::log!("storer: a forgotten record's old pages wait for a checkpoint (the disk is full)");
+    }
     if let Some(body) = body {
         st.index.remove(&id, &body.searchable());
     }
-    Ok(ForgetResult { id: uuid_str(&id), forgotten: true })
+    Ok(ForgetResult { id: uuid_str(&id), forgotten: true, erased })
 }
 
 fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, ErrorBody> {
@@ -876,7 +897,7 @@ fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, ErrorBody> {
         let Some(kind) = EventKind::from_code(row.kind) else { continue };
         let records = p.ok().and_then(|p| serde_json::from_slice::<EventDetail>(&p).ok()).map(|d| d.records);
         let Some(records) = records else {
-            eprintln!("storer: event {} does not authenticate; left out", uuid_str(&row.id));
+            iai_policy::log!("storer: event {} does not authenticate; left out", uuid_str(&row.id));
             continue;
         };
         events.push(Event { id: uuid_str(&row.id), at: row.at, kind, records });
@@ -884,10 +905,17 @@ fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, ErrorBody> {
     Ok(EventsResult { events })
 }
 
-/// Records that the store was unlocked (and how many records it served).
+/// Records that the store was unlocked. On a full disk the event is left
+/// out (and said so in the log and in `status`): memories must stay readable.
 fn log_unlock(st: &mut State) -> Result<(), ErrorBody> {
     let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Unlock, &[])?;
-    st.db.write(Some(&counter), |tx| db::insert_event(tx, &event)).map_err(storage)
+    match st.db.write(Some(&counter), |tx| db::insert_event(tx, &event)) {
+        Err(e) if db::is_disk_full(&e) => {
+            iai_policy::log!("storer: the disk is full: unlocked without recording an unlock event");
+            Ok(())
+        }
+        other => other.map_err(storage),
+    }
 }
 
 fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
@@ -912,5 +940,6 @@ fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
         seal_count: info.seal_count,
         seal_limit: info.seal_limit,
         degraded: st.degraded.clone(),
+        disk_full: st.db.disk_full(),
     })
 }

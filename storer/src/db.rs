@@ -3,7 +3,10 @@
 //! record ids, event kinds, and the keyed duplicate tag (an HMAC, useless
 //! without the key).
 
-use std::path::Path;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -32,8 +35,24 @@ pub struct EventRow {
     pub detail: Vec<u8>,
 }
 
+/// Bytes kept in reserve beside the database: on a full disk they are given
+/// back so that `forget` (and the checkpoint that erases what it removed)
+/// still works; larger than the biggest record a forget has to overwrite.
+pub const RESERVE_BYTES: u64 = 4 << 20;
+/// How often a missing reserve is tried again while space is short.
+const RESERVE_RETRY: Duration = Duration::from_secs(60);
+
 pub struct Db {
     conn: Connection,
+    reserve: PathBuf,
+    reserve_present: bool,
+    reserve_tried: Option<Instant>,
+    full: bool,
+}
+
+/// True when SQLite failed because the disk (or quota) is full.
+pub fn is_disk_full(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::DiskFull)
 }
 
 impl Db {
@@ -68,7 +87,54 @@ impl Db {
              CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);",
         )?;
         conn.execute("INSERT OR IGNORE INTO meta(k, v) VALUES('schema_version', ?1)", params![SCHEMA_VERSION])?;
-        Ok(Db { conn })
+        let reserve = path.with_file_name("space-reserve");
+        let mut db = Db { conn, reserve, reserve_present: false, reserve_tried: None, full: false };
+        db.replenish_reserve();
+        Ok(db)
+    }
+
+    /// Whether the last write failed because the disk is full.
+    pub fn disk_full(&self) -> bool {
+        self.full
+    }
+
+    /// Writes the reserve file if it is missing (at most once a minute while
+    /// that fails); a failure only means the disk is still short of space.
+    fn replenish_reserve(&mut self) {
+        if self.reserve_present || self.reserve_tried.is_some_and(|t| t.elapsed() < RESERVE_RETRY) {
+            return;
+        }
+        self.reserve_tried = Some(Instant::now());
+        let ok = match std::fs::metadata(&self.reserve) {
+            Ok(m) if m.len() == RESERVE_BYTES => true,
+            _ => write_zeros(&self.reserve, RESERVE_BYTES).is_ok(),
+        };
+        if !ok {
+            let _ = std::fs::remove_file(&self.reserve);
+        }
+        self.reserve_present = ok;
+    }
+
+    /// Gives the reserve back to the filesystem; true if there was one.
+    fn release_reserve(&mut self) -> bool {
+        let released = self.reserve_present && std::fs::remove_file(&self.reserve).is_ok();
+        self.reserve_present = false;
+        self.reserve_tried = Some(Instant::now());
+        released
+    }
+
+    /// [`Db::write`] for operations that must work on a full disk (they free
+    /// space, like forget): on SQLITE_FULL the reserve is released and the
+    /// transaction tried once more.
+    pub fn write_freeing<T>(
+        &mut self,
+        counter: Option<&[u8]>,
+        f: impl Fn(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        match self.write(counter, &f) {
+            Err(e) if is_disk_full(&e) && self.release_reserve() => self.write(counter, f),
+            other => other,
+        }
     }
 
     pub fn counter(&self) -> rusqlite::Result<Option<Vec<u8>>> {
@@ -96,6 +162,22 @@ impl Db {
         counter: Option<&[u8]>,
         f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
     ) -> rusqlite::Result<T> {
+        let result = self.transaction(counter, f);
+        match &result {
+            Ok(_) => {
+                self.full = false;
+                self.replenish_reserve();
+            }
+            Err(e) => self.full = is_disk_full(e),
+        }
+        result
+    }
+
+    fn transaction<T>(
+        &mut self,
+        counter: Option<&[u8]>,
+        f: impl FnOnce(&Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
         let tx = self.conn.transaction()?;
         let out = f(&tx)?;
         if let Some(c) = counter {
@@ -118,18 +200,41 @@ impl Db {
     /// Deletes a record and its edges so that none of its bytes remain in the
     /// database files: `secure_delete` zeroes the freed cells, and a truncating
     /// checkpoint empties the WAL that still held the old pages.
-    pub fn delete(&mut self, id: &[u8; 16], event: &EventRow, counter: &[u8]) -> rusqlite::Result<bool> {
-        let n = self.write(Some(counter), |tx| {
+    ///
+    /// Works on a full disk (the reserve is spent if it must be). Returns
+    /// whether a row was deleted, and whether the checkpoint that erases
+    /// the old pages ran; if it could not, it runs again on a later write.
+    pub fn delete(&mut self, id: &[u8; 16], event: &EventRow, counter: &[u8]) -> rusqlite::Result<(bool, bool)> {
+        let n = self.write_freeing(Some(counter), |tx| {
             tx.execute("DELETE FROM edges WHERE src = ?1 OR dst = ?1", params![&id[..]])?;
             insert_event(tx, event)?;
             tx.execute("DELETE FROM records WHERE id = ?1", params![&id[..]])
         })?;
-        self.checkpoint()?;
-        Ok(n > 0)
+        let erased = match self.checkpoint() {
+            Ok(()) => true,
+            Err(e) if is_disk_full(&e) && self.release_reserve() => self.checkpoint().is_ok(),
+            Err(_) => false,
+        };
+        if erased {
+            // The truncated WAL gave its space back: take the reserve again
+            // now, so that the next forget on a still-full disk works too.
+            self.reserve_tried = None;
+            self.replenish_reserve();
+        }
+        Ok((n > 0, erased))
     }
 
+    /// Copies the WAL into the database file and empties it. A checkpoint
+    /// that cannot finish (busy, full disk) leaves the WAL for the next one.
     pub fn checkpoint(&self) -> rusqlite::Result<()> {
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+                Some("the checkpoint could not finish".into()),
+            ));
+        }
+        Ok(())
     }
 
     /// (new, old) pairs: `new` contradicts, and so supersedes, `old`.
@@ -220,6 +325,25 @@ pub fn add_edge(tx: &Transaction<'_>, src: &[u8; 16], dst: &[u8; 16], kind: i64,
         params![&src[..], &dst[..], kind, by],
     )?;
     Ok(())
+}
+
+/// Creates `path` (0600) holding `len` zero bytes, on disk (fsynced).
+fn write_zeros(path: &Path, len: u64) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)?;
+    let chunk = [0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()
 }
 
 fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {

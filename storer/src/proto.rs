@@ -350,6 +350,15 @@ pub struct EventsResult {
 pub struct ForgetResult {
     pub id: String,
     pub forgotten: bool,
+    /// The checkpoint that overwrites the removed bytes in the database file
+    /// ran. False only when the disk was too full for it; it runs again on a
+    /// later write.
+    #[serde(default = "yes")]
+    pub erased: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -373,6 +382,9 @@ pub struct Stats {
     pub seal_limit: u64,
     /// Protections that are not enforced (only when the user allowed a degraded sandbox).
     pub degraded: Vec<String>,
+    /// The last write failed because the disk is full (cleared by the next write that succeeds).
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -397,6 +409,8 @@ pub enum ErrorCode {
     Busy,
     KeyholderUnavailable,
     SealLimit,
+    /// The disk holding the store is full: nothing was written.
+    DiskFull,
     Storage,
 }
 

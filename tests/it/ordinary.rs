@@ -140,3 +140,130 @@ fn every_role_survives_stop_continue_and_the_freezer_during_a_capture_burst() {
     }
     eprintln!("stop/continue cycles survived: {cycles:?}; freezer cycles: {frozen}; captures acknowledged: {}", acked.len());
 }
+
+/// A small tmpfs, mounted for one test and unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// None when this process may not mount (not root): the caller says so.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::Builder::new().prefix("iai-tmpfs").tempdir_in("/tmp").expect("tempdir");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0755"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem to the last byte; returns the filler's size.
+    fn fill(&self, name: &str) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join(name)).expect("filler");
+        let mut written = 0u64;
+        for chunk in [1 << 20, 64 << 10, 4096, 512, 1] {
+            let buf = vec![0x5a_u8; chunk];
+            while f.write_all(&buf).is_ok() {
+                written += chunk as u64;
+            }
+        }
+        written
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+fn capture_or_disk_full(client: &mut iai_storer::client::Client, text: &str) -> Option<String> {
+    use iai_storer::client::ClientError;
+    use iai_storer::proto::ErrorCode;
+    match client.capture(CaptureRequest { text: text.into(), ..Default::default() }) {
+        Ok(r) => Some(r.id),
+        Err(ClientError::Refused(e)) if e.code == ErrorCode::DiskFull => {
+            assert!(e.message.contains("full"), "{}", e.message);
+            None
+        }
+        Err(e) => panic!("a capture on a full disk must succeed or say the disk is full, got: {e}"),
+    }
+}
+
+fn recall_ids(h: &TestHome, cue: &str) -> Vec<String> {
+    let r = h.client().recall(RecallRequest { cue: cue.into(), limit: Some(100), ..Default::default() });
+    r.expect("recall").hits.into_iter().map(|h| h.id).collect()
+}
+
+/// Issue 9.2: on a full disk the storer died (a failed log write panicked),
+/// unlock said "the daemon exited without saying why", and forget failed.
+#[test]
+fn a_full_disk_refuses_captures_clearly_and_everything_else_keeps_working() {
+    let Some(fs) = Tmpfs::mount("24m") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root; the full-disk test did not run");
+        return;
+    };
+    let h = TestHome::new_in(fs.path());
+    h.init();
+    h.unlock();
+    let (kh, st) = h.pids();
+    let mut client = h.client();
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        acked.push(client.capture(CaptureRequest { text: format!("fullcase before {i}"), ..Default::default() }));
+    }
+    let mut acked: Vec<String> = acked.into_iter().map(|r| r.expect("capture").id).collect();
+    fs.fill("filler");
+
+    let mut refused = 0;
+    for i in 0..40 {
+        let text = format!("fullcase during {i} {}", "x".repeat(i * 997));
+        match capture_or_disk_full(&mut client, &text) {
+            Some(id) => acked.push(id),
+            None => refused += 1,
+        }
+    }
+    assert!(refused > 0, "the disk never filled up");
+    assert!(alive(st) && alive(kh), "the daemons must survive a full disk");
+
+    let status = h.run(&["status"]);
+    crate::support::assert_ok(&status, "status on a full disk");
+    assert!(crate::support::stdout(&status).contains("disk holding the store is full"));
+    assert_eq!(recall_ids(&h, "fullcase").len(), acked.len(), "every acknowledged capture is recalled");
+
+    let gone = acked.remove(0);
+    let out = h.run(&["forget", &gone]);
+    crate::support::assert_ok(&out, "forget on a full disk");
+
+    // Full to the last byte again, then lock and unlock.
+    fs.fill("filler2");
+    crate::support::assert_ok(&h.run(&["lock"]), "lock on a full disk");
+    h.unlock();
+    let mut ids = recall_ids(&h, "fullcase");
+    ids.sort();
+    let mut want = acked.clone();
+    want.sort();
+    assert_eq!(ids, want, "after unlock on a full disk: all acknowledged captures, without the forgotten one");
+    let out = h.run(&["forget", &acked.remove(0)]);
+    crate::support::assert_ok(&out, "forget after unlock on a full disk");
+
+    // Space comes back: captures resume.
+    std::fs::remove_file(fs.path().join("filler")).expect("free space");
+    std::fs::remove_file(fs.path().join("filler2")).expect("free space");
+    let mut client = h.client();
+    for i in 0..10 {
+        acked.push(capture_or_disk_full(&mut client, &format!("fullcase after {i}")).expect("capture after freeing"));
+    }
+    assert!(!crate::support::stdout(&h.run(&["status"])).contains("full"));
+    let mut ids = recall_ids(&h, "fullcase");
+    ids.sort();
+    acked.sort();
+    assert_eq!(ids, acked, "0 acknowledged captures lost");
+    eprintln!("full disk: {refused} of 40 captures refused with disk_full, {} acknowledged and kept", acked.len());
+}

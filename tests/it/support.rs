@@ -30,6 +30,13 @@ impl TestHome {
         TestHome { _dir: dir, root, uid: None }
     }
 
+    /// A home at `dir/h` (the directory must exist and outlive the home).
+    pub fn new_in(dir: &Path) -> TestHome {
+        let holder = tempfile::Builder::new().prefix("iai").tempdir_in(dir).expect("tempdir");
+        let root = holder.path().join("h");
+        TestHome { _dir: holder, root, uid: None }
+    }
+
     /// A home whose commands (and so daemons) run as `nobody`.
     pub fn new_as(uid: u32) -> TestHome {
         let mut h = TestHome::new();
