@@ -353,7 +353,7 @@ fn run(cmd: Cmd) -> Result<()> {
                 project,
                 ..Default::default()
             };
-            let r = Client::connect(&home)?.recall(req)?;
+            let r = Client::connect(&home)?.recall_paged(req)?;
             let mut out = std::io::stdout().lock();
             if json {
                 serde_json::to_writer_pretty(&mut out, &r)?;

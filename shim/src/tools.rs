@@ -5,6 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use iai_policy::Home;
 use iai_storer::client::{Client, ClientError};
+use iai_storer::limits::{HOST_CHARS_PER_TOKEN, HOST_TOOL_RESULT_CHARS};
 use iai_storer::proto::{self, ErrorCode};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -275,16 +276,14 @@ fn rfc3339(ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
 fn parse_time(what: &str, s: &str) -> Result<i64, String> {
     humantime::parse_rfc3339_weak(s)
         .map_err(|e| format!("{what} {s:?} is not an RFC 3339 time ({e}); use e.g. 2026-11-01T00:00:00Z"))
         .map(|t| t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0))
-}
-
-/// Rough token estimate: a token per three bytes of UTF-8 (one per CJK
-/// character, a little generous for English), plus per-item overhead.
-fn tokens(s: &str) -> u32 {
-    u32::try_from(s.len().div_ceil(3)).unwrap_or(u32::MAX).saturating_add(40)
 }
 
 impl Shim {
@@ -338,14 +337,102 @@ fn explain(e: ClientError) -> String {
     }
 }
 
-fn cursor_offset(cursor: Option<&str>) -> Result<u32, String> {
-    match cursor {
-        None => Ok(0),
-        Some(c) => c
-            .strip_prefix("o")
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| format!("cursor {c:?} is not one this server issued; call memory_recall without it")),
+/// A recall cursor: `o<N>` continues at result N; `o<N>.<B>` continues
+/// result N's (neutralised) text at byte B, after a memory too large for one
+/// result was cut.
+fn parse_cursor(cursor: Option<&str>) -> Result<(u32, usize), String> {
+    let Some(c) = cursor else { return Ok((0, 0)) };
+    let bad = || format!("cursor {c:?} is not one this server issued; call memory_recall without it");
+    let rest = c.strip_prefix('o').ok_or_else(bad)?;
+    let (n, b) = match rest.split_once('.') {
+        Some((n, b)) => (n, b.parse::<usize>().map_err(|_| bad())?),
+        None => (rest, 0),
+    };
+    Ok((n.parse::<u32>().map_err(|_| bad())?, b))
+}
+
+/// UTF-16 units a character takes inside a JSON string, as serde_json
+/// writes it: what a JavaScript host counts as its length.
+fn json_char_units(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf16(),
     }
+}
+
+/// UTF-16 units of `v` serialised as JSON (the text copy the host measures).
+fn result_units<T: Serialize>(v: &T) -> usize {
+    serde_json::to_string(v).map(|s| s.encode_utf16().count()).unwrap_or(usize::MAX)
+}
+
+/// Builds a recall result whose JSON stays within `budget` UTF-16 units:
+/// whole memories while they fit; a first memory too large for the budget is
+/// cut, and the cursor continues its text; the rest waits for the cursor.
+fn fit_recall(r: proto::RecallResult, offset: u32, skip: usize, budget: usize) -> Result<RecallOutput, String> {
+    // Room for the longest cursor this function can write.
+    const CURSOR_ROOM: usize = 40;
+    let mut out =
+        RecallOutput { notice: RECALL_NOTICE.into(), memories: Vec::new(), neutralized_chars: 0, next_cursor: None };
+    let mut used = result_units(&out) + CURSOR_ROOM;
+    let total = r.hits.len();
+    for (i, h) in r.hits.into_iter().enumerate() {
+        let (full, n) = neutralize(&h.text);
+        let start = if i == 0 { skip } else { 0 };
+        if start > full.len() || !full.is_char_boundary(start) {
+            return Err("the cursor no longer matches that memory (it changed); call memory_recall without it".into());
+        }
+        let at = offset.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+        let mut m = RecalledMemory {
+            id: h.id,
+            score: (h.score * 1000.0).round() / 1000.0,
+            created_at: rfc3339(h.created_at),
+            tier: h.tier.name().into(),
+            role: h.role.name().into(),
+            text: full[start..].to_string(),
+            text_truncated: start > 0,
+            superseded_by: h.superseded_by,
+            project: h.project,
+        };
+        let cost = result_units(&m) + 1;
+        if used + cost <= budget {
+            used += cost;
+            out.neutralized_chars += n as u64;
+            out.memories.push(m);
+            continue;
+        }
+        if !out.memories.is_empty() {
+            out.next_cursor = Some(format!("o{at}"));
+            return Ok(out);
+        }
+        // The first memory alone is over the budget: send the part that fits.
+        let text = std::mem::take(&mut m.text);
+        m.text_truncated = true;
+        let room = budget.saturating_sub(used + result_units(&m) + 1);
+        let mut cut = 0;
+        let mut units = 0;
+        for (pos, c) in text.char_indices() {
+            let u = json_char_units(c);
+            if units + u > room {
+                break;
+            }
+            units += u;
+            cut = pos + c.len_utf8();
+        }
+        if cut == 0 {
+            return Err(format!("token_budget is too small to show any of this memory; raise it (at most {MAX_TOKEN_BUDGET})"));
+        }
+        m.text = text[..cut].to_string();
+        out.neutralized_chars += n as u64;
+        out.memories.push(m);
+        out.next_cursor = Some(format!("o{at}.{}", start + cut));
+        return Ok(out);
+    }
+    let shown = u32::try_from(out.memories.len()).unwrap_or(u32::MAX);
+    if r.more || out.memories.len() < total {
+        out.next_cursor = Some(format!("o{}", offset.saturating_add(shown)));
+    }
+    Ok(out)
 }
 
 #[tool_router]
@@ -371,6 +458,10 @@ impl Shim {
             project: p.project,
             ..Default::default()
         };
+        // Refused here, with the storer's own words, before anything is sent.
+        if let Err(b) = req.validate(now_ms()) {
+            return Ok(Json(CaptureOutput { status: "rejected".into(), id: None, reason: Some(b.message) }));
+        }
         match self.call(move |c| c.capture(req.clone())).await {
             Ok(r) => {
                 let status = match r.status {
@@ -402,7 +493,7 @@ impl Shim {
         if !(100..=MAX_TOKEN_BUDGET).contains(&budget) {
             return Err(format!("token_budget must be between 100 and {MAX_TOKEN_BUDGET}"));
         }
-        let offset = cursor_offset(p.cursor.as_deref())?;
+        let (offset, skip) = parse_cursor(p.cursor.as_deref())?;
         let req = proto::RecallRequest {
             cue: p.cue,
             limit: Some(limit),
@@ -415,43 +506,9 @@ impl Shim {
             project: p.project,
         };
         let r = self.call(move |c| c.recall(req.clone())).await.map_err(explain)?;
-        let mut left = budget.saturating_sub(tokens(RECALL_NOTICE));
-        let mut memories = Vec::new();
-        let mut neutralized = 0u64;
-        let total = r.hits.len();
-        for h in r.hits {
-            let (mut text, n) = neutralize(&h.text);
-            neutralized += n as u64;
-            let cost = tokens(&text);
-            let mut text_truncated = false;
-            if cost > left {
-                if !memories.is_empty() {
-                    break;
-                }
-                // The first memory alone is over budget: cut it rather than return nothing.
-                let mut cut = (left.saturating_sub(40) as usize).saturating_mul(3).min(text.len());
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
-                text_truncated = true;
-            }
-            left = left.saturating_sub(tokens(&text));
-            memories.push(RecalledMemory {
-                id: h.id,
-                score: (h.score * 1000.0).round() / 1000.0,
-                created_at: rfc3339(h.created_at),
-                tier: h.tier.name().into(),
-                role: h.role.name().into(),
-                text,
-                text_truncated,
-                superseded_by: h.superseded_by,
-                project: h.project,
-            });
-        }
-        let shown = u32::try_from(memories.len()).unwrap_or(u32::MAX);
-        let next_cursor = (memories.len() < total || r.more).then(|| format!("o{}", offset + shown));
-        Ok(Json(RecallOutput { notice: RECALL_NOTICE.into(), memories, neutralized_chars: neutralized, next_cursor }))
+        let budget_chars = (budget as usize).saturating_mul(HOST_CHARS_PER_TOKEN).min(HOST_TOOL_RESULT_CHARS);
+        let out = fit_recall(r, offset, skip, budget_chars)?;
+        Ok(Json(out))
     }
 
     #[tool(
@@ -474,6 +531,8 @@ impl Shim {
             tier: p.tier.map(Into::into).unwrap_or_default(),
             ..Default::default()
         };
+        let as_capture = proto::CaptureRequest { text: req.text.clone(), ..Default::default() };
+        as_capture.validate(now_ms()).map_err(|b| b.message)?;
         let r = self.call(move |c| c.contradict(req.clone())).await.map_err(explain)?;
         let status = match r.status {
             proto::CaptureStatus::Inserted => "inserted",

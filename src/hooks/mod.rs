@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use iai_policy::Home;
 use iai_storer::client::{Client, ClientError};
+use iai_storer::limits::{json_len, BATCH_BUDGET, HOST_HOOK_CONTEXT_BYTES, MAX_BATCH};
 use iai_storer::proto::{CaptureBatchRequest, CaptureRequest, CaptureStatus, Cursor, RecentRequest, MAX_TEXT};
 use serde_json::Value;
 
@@ -30,8 +31,6 @@ pub const HARD_STOP: Duration = Duration::from_secs(8);
 const MAX_INPUT: u64 = 1 << 20;
 /// Turns per capture batch (one transaction each).
 const BATCH: usize = 200;
-/// Session-start prefix: at most this many characters (hosts accept 10,000).
-const PREFIX_BUDGET: usize = 6000;
 
 fn user_home() -> Result<PathBuf> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).ok_or_else(|| anyhow!("HOME is not set"))
@@ -208,11 +207,11 @@ fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
     loop {
         let scan = transcript::scan(&transcript, start, deadline, BATCH)?;
         oversized += scan.oversized;
-        let items: Vec<CaptureRequest> = scan
+        let items: Vec<(CaptureRequest, u64)> = scan
             .turns
             .into_iter()
             .filter_map(|t| {
-                Some(CaptureRequest {
+                let req = CaptureRequest {
                     text: clean_text(&t.text, redact, &mut redactions)?,
                     role: t.role,
                     session: session.clone(),
@@ -220,19 +219,34 @@ fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
                     provenance: Some(format!("{} transcript", host.name())),
                     created_at: t.created_at.filter(|&ms| ms > 0 && ms <= now_ms()),
                     ..Default::default()
-                })
+                };
+                Some((req, t.end))
             })
             .collect();
         if scan.end == start && items.is_empty() {
             break;
         }
-        let cursor = Cursor { key: key.clone(), value: scan.end.to_string() };
-        let r = client.capture_batch(CaptureBatchRequest { items, cursor: Some(cursor) })?;
-        for c in r.results {
-            match c.status {
-                CaptureStatus::Inserted => inserted += 1,
-                CaptureStatus::Reinforced => known += 1,
+        // Split by bytes: each request fits the storer's frame, and each
+        // carries the position just past its last turn, so a stop between
+        // two requests resumes exactly there.
+        let mut out_of_time = false;
+        for (chunk, end) in split_batches(items, scan.end) {
+            if Instant::now() >= deadline {
+                // The last batch sent moved the position; the next run resumes there.
+                out_of_time = true;
+                break;
             }
+            let cursor = Cursor { key: key.clone(), value: end.to_string() };
+            let r = client.capture_batch(CaptureBatchRequest { items: chunk, cursor: Some(cursor) })?;
+            for c in r.results {
+                match c.status {
+                    CaptureStatus::Inserted => inserted += 1,
+                    CaptureStatus::Reinforced => known += 1,
+                }
+            }
+        }
+        if out_of_time {
+            break;
         }
         start = scan.end;
         if !scan.stopped_early || Instant::now() >= deadline {
@@ -243,6 +257,29 @@ fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
         "{}: {inserted} new, {known} already known, {redactions} secrets redacted, {oversized} oversized lines skipped",
         host.name()
     ))
+}
+
+/// Groups captures (each with the transcript offset just past it) into
+/// batches that fit [`BATCH_BUDGET`] and [`MAX_BATCH`]; each batch comes with
+/// the offset its cursor moves to (the last batch's is `scan_end`, past any
+/// lines that held no turn).
+pub fn split_batches(items: Vec<(CaptureRequest, u64)>, scan_end: u64) -> Vec<(Vec<CaptureRequest>, u64)> {
+    let mut out: Vec<(Vec<CaptureRequest>, u64)> = Vec::new();
+    let mut cur: Vec<CaptureRequest> = Vec::new();
+    let mut cur_end = 0;
+    let mut bytes = 0usize;
+    for (req, end) in items {
+        let n = json_len(&req).saturating_add(1);
+        if !cur.is_empty() && (cur.len() == MAX_BATCH || bytes.saturating_add(n) > BATCH_BUDGET) {
+            out.push((std::mem::take(&mut cur), cur_end));
+            bytes = 0;
+        }
+        bytes = bytes.saturating_add(n);
+        cur.push(req);
+        cur_end = end;
+    }
+    out.push((cur, scan_end));
+    out
 }
 
 fn now_ms() -> i64 {
@@ -265,7 +302,9 @@ fn session_start(home: &Home, input: &Value) -> Result<String> {
     let out = serde_json::json!({
         "hookSpecificOutput": {"hookEventName": "SessionStart", "additionalContext": context}
     });
-    println!("{out}");
+    // A host that closed our stdout gets nothing; the hook still exits 0.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{out}").and_then(|()| stdout.flush());
     Ok(format!("prefix of {} characters", context.chars().count()))
 }
 
@@ -282,7 +321,7 @@ pub fn prefix(hits: &[iai_storer::proto::Hit], project: Option<&str>) -> String 
         let day = date.to_string().chars().take(10).collect::<String>();
         let here = if project.is_some() && h.project.as_deref() == project { " (this project)" } else { "" };
         let line = format!("- {day}{here} {} said: {quoted}\n", h.role.name());
-        if s.chars().count() + line.chars().count() > PREFIX_BUDGET {
+        if s.len() + line.len() > HOST_HOOK_CONTEXT_BYTES {
             break;
         }
         s.push_str(&line);

@@ -86,6 +86,23 @@ impl Client {
     pub fn recall(&mut self, r: RecallRequest) -> Result<RecallResult, ClientError> {
         self.request(&Request::Recall(r))
     }
+    /// Recalls up to `r.limit` results, following the storer's pages: a
+    /// reply holds what fits one frame, and says when there is more.
+    pub fn recall_paged(&mut self, mut r: RecallRequest) -> Result<RecallResult, ClientError> {
+        let want = r.limit.unwrap_or(proto::DEFAULT_RECALL_LIMIT) as usize;
+        let mut all = RecallResult { hits: Vec::new(), more: false };
+        loop {
+            let page = self.recall(r.clone())?;
+            let got = page.hits.len();
+            all.hits.extend(page.hits);
+            all.more = page.more;
+            if !page.more || got == 0 || all.hits.len() >= want {
+                return Ok(all);
+            }
+            r.offset = Some(r.offset.unwrap_or(0).saturating_add(u32::try_from(got).unwrap_or(u32::MAX)));
+            r.limit = Some(u32::try_from(want - all.hits.len()).unwrap_or(u32::MAX));
+        }
+    }
     pub fn forget(&mut self, id: &str) -> Result<ForgetResult, ClientError> {
         self.request(&Request::Forget { id: id.to_string() })
     }

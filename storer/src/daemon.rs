@@ -111,7 +111,7 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(home.pid_file())
         .map_err(|e| fail("storer", format!("cannot open {}: {e}", home.pid_file().display())))?;
-    let mut pid_lock = Flock::lock(pid_file, FlockArg::LockExclusiveNonblock)
+    let pid_lock = Flock::lock(pid_file, FlockArg::LockExclusiveNonblock)
         .map_err(|_| fail("busy", "iai-mcp is already unlocked (another storer holds the lock)"))?;
     // Written in place at a fixed width, so a restart on a full disk needs
     // no new space for it.
@@ -327,6 +327,19 @@ fn connection(mut stream: UnixStream, state: &Mutex<State>) {
                 }
             }
         };
+        let reply = if reply.len() > proto::MAX_FRAME {
+            iai_policy::log!("storer: a reply of {} bytes would not fit a frame; answered with an error", reply.len());
+            proto::encode_err(&ErrorBody::new(
+                ErrorCode::ReplyTooLarge,
+                format!(
+                    "the reply ({} bytes) is over the {}-byte frame; ask for fewer results",
+                    reply.len(),
+                    proto::MAX_FRAME
+                ),
+            ))
+        } else {
+            reply
+        };
         if proto::write_frame(&mut stream, &reply).is_err() {
             return;
         }
@@ -395,49 +408,11 @@ fn uuid_str(id: &[u8; 16]) -> String {
 }
 
 fn check_len(what: &str, s: &str, max: usize) -> Result<(), ErrorBody> {
-    if s.len() > max {
-        return Err(invalid(format!("{what} is {} bytes; the maximum is {max}", s.len())));
-    }
-    Ok(())
+    proto::check_len(what, s, max)
 }
 
-/// Latest time a capture may claim: a day ahead tolerates clock skew.
-const FUTURE_SLACK_MS: i64 = 86_400_000;
-
 fn validate(r: &CaptureRequest) -> Result<(), ErrorBody> {
-    if r.text.trim().is_empty() {
-        return Err(invalid("text is empty"));
-    }
-    if r.text.len() > proto::MAX_TEXT {
-        return Err(ErrorBody::new(
-            ErrorCode::TextTooLarge,
-            format!("text is {} bytes; the maximum is {} bytes", r.text.len(), proto::MAX_TEXT),
-        ));
-    }
-    if let Some(cue) = &r.cue {
-        check_len("cue", cue, proto::MAX_CUE)?;
-    }
-    if r.tags.len() > proto::MAX_TAGS {
-        return Err(invalid(format!("{} tags given; the maximum is {}", r.tags.len(), proto::MAX_TAGS)));
-    }
-    for t in &r.tags {
-        check_len("a tag", t, proto::MAX_TAG)?;
-    }
-    if let Some(s) = &r.session {
-        check_len("session", s, proto::MAX_SESSION)?;
-    }
-    if let Some(p) = &r.provenance {
-        check_len("provenance", p, proto::MAX_PROVENANCE)?;
-    }
-    if let Some(p) = &r.project {
-        check_len("project", p, proto::MAX_PROJECT)?;
-    }
-    if let Some(t) = r.created_at {
-        if t < 0 || t > now_ms() + FUTURE_SLACK_MS {
-            return Err(invalid("created_at must be between the Unix epoch and now (milliseconds)"));
-        }
-    }
-    Ok(())
+    r.validate(now_ms())
 }
 
 /// The sealed detail of an event: the records it touched.
@@ -843,7 +818,27 @@ fn hits_for(st: &mut State, ranked: Vec<(DocMeta, f64)>, more: bool) -> Result<R
             project: body.project,
         });
     }
+    let more = fit_reply(&mut hits) || more;
     Ok(RecallResult { hits, more })
+}
+
+/// Keeps the longest prefix of `items` whose JSON fits [`REPLY_BUDGET`]
+/// (always at least one: a single record fits by construction); true if
+/// any were left out, for the next page.
+fn fit_reply<T: Serialize>(items: &mut Vec<T>) -> bool {
+    let mut used = 0usize;
+    let mut keep = 0usize;
+    for item in items.iter() {
+        let n = crate::limits::json_len(item).saturating_add(1);
+        if keep > 0 && used.saturating_add(n) > crate::limits::REPLY_BUDGET {
+            break;
+        }
+        used = used.saturating_add(n);
+        keep += 1;
+    }
+    let cut = keep < items.len();
+    items.truncate(keep);
+    cut
 }
 
 /// Parses a record id as users see it (a hyphenated UUID).
@@ -902,7 +897,8 @@ fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, ErrorBody> {
         };
         events.push(Event { id: uuid_str(&row.id), at: row.at, kind, records });
     }
-    Ok(EventsResult { events })
+    let more = fit_reply(&mut events);
+    Ok(EventsResult { events, more })
 }
 
 /// Records that the store was unlocked. On a full disk the event is left

@@ -17,5 +17,6 @@ pub mod client;
 pub mod daemon;
 pub mod db;
 pub mod index;
+pub mod limits;
 pub mod proto;
 mod sys;

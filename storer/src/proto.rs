@@ -16,21 +16,10 @@ use std::io::{self, Read, Write};
 use serde::{Deserialize, Serialize};
 
 pub const PROTOCOL_VERSION: u32 = 1;
-/// Largest frame body accepted in either direction.
-pub const MAX_FRAME: usize = 1 << 20;
-/// Largest memory text accepted by `capture` (bytes of UTF-8).
-pub const MAX_TEXT: usize = 256 * 1024;
-/// Largest cue (capture's optional cue, recall's query).
-pub const MAX_CUE: usize = 4096;
-pub const MAX_TAGS: usize = 32;
-pub const MAX_TAG: usize = 128;
-pub const MAX_SESSION: usize = 256;
-pub const MAX_PROVENANCE: usize = 1024;
-pub const MAX_PROJECT: usize = 1024;
-/// Most records in one `capture_batch`.
-pub const MAX_BATCH: usize = 256;
-pub const MAX_CURSOR_KEY: usize = 512;
-pub const MAX_CURSOR_VALUE: usize = 4096;
+pub use crate::limits::{
+    MAX_BATCH, MAX_CUE, MAX_CURSOR_KEY, MAX_CURSOR_VALUE, MAX_FRAME, MAX_PROJECT, MAX_PROVENANCE, MAX_SESSION, MAX_TAG,
+    MAX_TAGS, MAX_TEXT,
+};
 pub const MAX_RECALL_LIMIT: u32 = 100;
 pub const DEFAULT_RECALL_LIMIT: u32 = 10;
 /// Deepest result reachable by paging (offset + limit).
@@ -117,6 +106,66 @@ pub struct CaptureRequest {
     /// that keep original dates. Defaults to now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<i64>,
+}
+
+/// Latest time a capture may claim: a day ahead tolerates clock skew.
+const FUTURE_SLACK_MS: i64 = 86_400_000;
+
+/// Refuses a string over `max` bytes, naming its size and the limit.
+pub fn check_len(what: &str, s: &str, max: usize) -> Result<(), ErrorBody> {
+    if s.len() > max {
+        return Err(ErrorBody::new(
+            ErrorCode::InvalidArgument,
+            format!("{what} is {} bytes; the maximum is {max} bytes", s.len()),
+        ));
+    }
+    Ok(())
+}
+
+impl CaptureRequest {
+    /// The storer's checks, shared with every client so that a request that
+    /// would be refused is refused before it is sent, with the same words.
+    pub fn validate(&self, now_ms: i64) -> Result<(), ErrorBody> {
+        if self.text.trim().is_empty() {
+            return Err(ErrorBody::new(ErrorCode::InvalidArgument, "text is empty"));
+        }
+        if self.text.len() > MAX_TEXT {
+            return Err(ErrorBody::new(
+                ErrorCode::TextTooLarge,
+                format!("text is {} bytes; the maximum is {MAX_TEXT} bytes", self.text.len()),
+            ));
+        }
+        if let Some(cue) = &self.cue {
+            check_len("cue", cue, MAX_CUE)?;
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidArgument,
+                format!("{} tags given; the maximum is {MAX_TAGS}", self.tags.len()),
+            ));
+        }
+        for t in &self.tags {
+            check_len("a tag", t, MAX_TAG)?;
+        }
+        if let Some(s) = &self.session {
+            check_len("session", s, MAX_SESSION)?;
+        }
+        if let Some(p) = &self.provenance {
+            check_len("provenance", p, MAX_PROVENANCE)?;
+        }
+        if let Some(p) = &self.project {
+            check_len("project", p, MAX_PROJECT)?;
+        }
+        if let Some(t) = self.created_at {
+            if t < 0 || t > now_ms.saturating_add(FUTURE_SLACK_MS) {
+                return Err(ErrorBody::new(
+                    ErrorCode::InvalidArgument,
+                    "created_at must be between the Unix epoch and now (milliseconds)",
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -344,6 +393,9 @@ pub struct Event {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventsResult {
     pub events: Vec<Event>,
+    /// More events were left out to keep the reply inside a frame.
+    #[serde(default)]
+    pub more: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,6 +461,8 @@ pub enum ErrorCode {
     Busy,
     KeyholderUnavailable,
     SealLimit,
+    /// A reply would not fit in a frame (a bug: replies are cut to fit).
+    ReplyTooLarge,
     /// The disk holding the store is full: nothing was written.
     DiskFull,
     Storage,

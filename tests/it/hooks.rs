@@ -303,3 +303,72 @@ fn install_merges_is_idempotent_and_uninstall_restores_the_file_byte_for_byte() 
     assert!(stderr(&refused).contains("does not parse"), "{}", stderr(&refused));
     assert_eq!(std::fs::read_to_string(&settings).expect("read"), broken);
 }
+
+/// Issue 9.4: hook batches of up to 200 turns of up to 256 KiB exceeded the
+/// storer's frame; the position never advanced and every later turn of that
+/// session was lost. A 20 MB backlog written while locked is captured in full
+/// after unlock, each hook run within the host's timeout.
+#[test]
+fn a_20_mb_backlog_written_while_locked_is_captured_completely_after_unlock() {
+    let env = Env::new();
+    assert_ok(&env.h.run(&["lock"]), "lock");
+    let path = env.claude_transcript();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+    let mut size = 0usize;
+    let mut turns = 0usize;
+    while size < 20 << 20 {
+        // Large turns with text JSON escapes worst, as pasted logs are.
+        let body = if turns % 3 == 0 { "\u{1}\"".repeat(60_000) } else { "words and more words ".repeat(4_000) };
+        let text = format!("backlogturn{turns:04} {body}");
+        let line = if turns % 2 == 0 {
+            json!({"type": "user", "uuid": format!("u{turns}"), "timestamp": "2026-11-01T10:00:00Z", "message": {"role": "user", "content": text}})
+        } else {
+            json!({"type": "assistant", "uuid": format!("a{turns}"), "timestamp": "2026-11-01T10:00:01Z",
+                   "message": {"id": format!("m{turns}"), "role": "assistant", "content": [{"type": "text", "text": text}]}})
+        };
+        let s = line.to_string();
+        size += s.len() + 1;
+        writeln!(f, "{s}").expect("write");
+        turns += 1;
+    }
+    drop(f);
+    // Locked: nothing captured, the position kept.
+    env.capture(&path, "backlog");
+    assert!(env.last_log().contains("locked"), "{}", env.last_log());
+    env.h.unlock();
+    let mut runs = 0;
+    let mut slowest = std::time::Duration::ZERO;
+    loop {
+        let started = std::time::Instant::now();
+        env.capture(&path, "backlog");
+        slowest = slowest.max(started.elapsed());
+        runs += 1;
+        let records = env.h.client().stats().expect("stats").records as usize;
+        if records >= turns || runs >= 30 {
+            break;
+        }
+    }
+    assert!(slowest < std::time::Duration::from_secs(30), "a hook run took {slowest:?}");
+    assert_eq!(env.h.client().stats().expect("stats").records as usize, turns, "every turn of the backlog");
+    let mut client = env.h.client();
+    for i in [0, 1, turns / 2, turns - 1] {
+        let token = format!("backlogturn{i:04}");
+        let hits = client
+            .recall(iai_storer::proto::RecallRequest { cue: token.clone(), limit: Some(1), ..Default::default() })
+            .expect("recall")
+            .hits;
+        assert!(hits.first().is_some_and(|h| h.text.starts_with(&token)), "{token} was not captured");
+    }
+    // One more run finds nothing new: each turn exactly once.
+    env.capture(&path, "backlog");
+    assert!(env.last_log().contains(": 0 new"), "{}", env.last_log());
+
+    // The session-start context is not emptied by large memories, and stays
+    // under what both hosts keep inline.
+    let out = env.hook("session-start", &json!({"session_id": "n", "cwd": "/work/app", "source": "startup"}));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("a prefix despite large memories");
+    let ctx = v["hookSpecificOutput"]["additionalContext"].as_str().expect("context");
+    assert!(ctx.contains("backlogturn"), "{}", &ctx[..ctx.len().min(300)]);
+    assert!(ctx.len() <= iai_storer::limits::HOST_HOOK_CONTEXT_BYTES, "{} bytes", ctx.len());
+    eprintln!("backlog: {size} bytes, {turns} turns, captured in {runs} hook runs, slowest run {slowest:?}");
+}

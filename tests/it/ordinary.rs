@@ -267,3 +267,105 @@ fn a_full_disk_refuses_captures_clearly_and_everything_else_keeps_working() {
     assert_eq!(ids, acked, "0 acknowledged captures lost");
     eprintln!("full disk: {refused} of 40 captures refused with disk_full, {} acknowledged and kept", acked.len());
 }
+
+/// A memory at the text limit made of what JSON escapes worst (and what a
+/// JavaScript host counts twice), with `token` at its start.
+fn worst_text(token: &str, fill: char) -> String {
+    let mut t = format!("{token} ");
+    let fill_len = fill.len_utf8();
+    while t.len() + fill_len <= iai_storer::proto::MAX_TEXT {
+        t.push(fill);
+    }
+    t
+}
+
+/// Issue 9.3: a few memories near the text limit that matched one cue made
+/// every such recall fail ("the storer closed the connection"), through MCP
+/// "the daemon stopped answering", and emptied the session-start prefix.
+#[test]
+fn replies_larger_than_a_frame_are_cut_to_fit_and_paged_never_dropped() {
+    let h = TestHome::init_unlocked();
+    let mut client = h.client();
+    let fills = ['\u{1}', '"', '\\', '\u{1}', '\u{7f}', '\n'];
+    let mut want = Vec::new();
+    for (i, fill) in fills.iter().enumerate() {
+        let text = worst_text(&format!("bigreply{i}"), *fill);
+        let id = client.capture(CaptureRequest { text: text.clone(), ..Default::default() }).expect("capture").id;
+        want.push((id, text));
+    }
+    // One cue matches all six: pages until done, every text byte-exact.
+    let mut got = Vec::new();
+    let mut offset = 0;
+    let mut pages = 0;
+    loop {
+        let r = client
+            .recall(RecallRequest { cue: "bigreply0 bigreply1 bigreply2 bigreply3 bigreply4 bigreply5".into(), limit: Some(10), offset: Some(offset), ..Default::default() })
+            .expect("a recall of large memories answers");
+        pages += 1;
+        assert!(!r.hits.is_empty(), "a page must hold at least one hit");
+        offset += r.hits.len() as u32;
+        got.extend(r.hits.into_iter().map(|h| (h.id, h.text)));
+        if !r.more {
+            break;
+        }
+    }
+    assert!(pages > 1, "six worst-case memories cannot fit one frame, so the reply must have been paged");
+    got.sort();
+    want.sort();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "every large memory comes back byte-exact");
+
+    // The CLI pages for the user: asks for 10, gets all six, byte-exact.
+    let raw = h.run(&["recall", "bigreply0 bigreply1 bigreply2 bigreply3 bigreply4 bigreply5", "--raw"]);
+    crate::support::assert_ok(&raw, "recall --raw of large memories");
+    let texts: Vec<&[u8]> = raw.stdout.split(|b| *b == 0).filter(|t| !t.is_empty()).collect();
+    assert_eq!(texts.len(), 6, "the CLI follows the pages");
+
+    // Events of many large batches still answer.
+    let ev = client.events(iai_storer::proto::EventsRequest { limit: Some(1000), ..Default::default() }).expect("events");
+    assert!(!ev.events.is_empty());
+
+    // Through MCP: each result stays under what Claude Code keeps inline, and
+    // the cursor walks through a memory too large for one result.
+    let mut mcp = RawMcp::start(&h);
+    let mut largest = 0usize;
+    for (id, text) in &want {
+        let (neutral, _) = iai_shim::neutralize(text);
+        let token = text.split_whitespace().next().expect("token").to_string();
+        let mut assembled = String::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..200 {
+            let mut args = serde_json::json!({"cue": token, "limit": 1, "token_budget": 10000});
+            if let Some(c) = &cursor {
+                args["cursor"] = c.clone().into();
+            }
+            let (reply, line) = mcp.call("memory_recall", args);
+            let result = &reply["result"];
+            assert_ne!(result["isError"], true, "recall failed: {}", &line[..line.len().min(400)]);
+            let text_copy = result["content"][0]["text"].as_str().expect("text copy");
+            let units = text_copy.encode_utf16().count();
+            largest = largest.max(units);
+            assert!(units <= iai_storer::limits::HOST_TOOL_RESULT_CHARS, "{units} UTF-16 units in one result");
+            let m = &result["structuredContent"]["memories"][0];
+            assert_eq!(m["id"].as_str(), Some(id.as_str()));
+            assembled.push_str(m["text"].as_str().expect("text"));
+            match result["structuredContent"]["next_cursor"].as_str() {
+                Some(c) if c.contains('.') => cursor = Some(c.to_string()),
+                _ => break,
+            }
+        }
+        assert!(assembled == neutral, "the MCP cursor returns the whole (neutralised) memory, in order");
+    }
+
+    // Over-limit input gets an error naming the size and the limit.
+    let big = "q".repeat(iai_storer::proto::MAX_TEXT + 1);
+    let (reply, _) = mcp.call("memory_capture", serde_json::json!({"text": big}));
+    let reason = reply["result"]["structuredContent"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains(&(iai_storer::proto::MAX_TEXT + 1).to_string()) && reason.contains("maximum"), "{reply}");
+    let huge = "q".repeat(3 << 20);
+    let (reply, line) = mcp.call("memory_capture", serde_json::json!({"text": huge}));
+    assert!(!line.contains("stopped answering"), "a 3 MiB argument is not a dead daemon: {}", &line[..line.len().min(300)]);
+    let reason = reply["result"]["structuredContent"]["reason"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("maximum"), "{}", &line[..line.len().min(300)]);
+    eprintln!("largest MCP result text: {largest} UTF-16 units (limit {})", iai_storer::limits::HOST_TOOL_RESULT_CHARS);
+}
