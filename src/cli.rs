@@ -20,6 +20,7 @@ use iai_storer::proto::{
 };
 
 use crate::passphrase;
+use crate::procs;
 
 const AFTER_HELP: &str = "\
 Files live in ~/.iai-mcp (or $IAI_MCP_HOME). Exit status: 0 success, 1 error, 3 the store is locked.
@@ -561,10 +562,16 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Resu
         bail!("{} is not initialised: run `iai-mcp init` first", home.root().display());
     }
     if let Ok(mut c) = Client::connect(home) {
-        if let Ok(s) = c.stats() {
+        if let Ok(s) = c.set_timeout(ANSWER_WITHIN).and_then(|()| c.stats()) {
             println!("iai-mcp is already unlocked (storer pid {}, {} memories)", s.storer_pid, s.records);
             return Ok(());
         }
+    }
+    if let Some(r) = procs::running(home) {
+        bail!(
+            "iai-mcp is already running (storer pid {}) but does not answer; run `iai-mcp lock` to stop it, then unlock",
+            r.storer
+        );
     }
     let pass = passphrase::obtain(passphrase_fd, false)?;
     let log = OpenOptions::new()
@@ -646,74 +653,157 @@ fn read_line_with_timeout(pipe: std::process::ChildStdout, timeout: Duration) ->
     Ok(if n == 0 { None } else { Some(line) })
 }
 
+/// How long `lock` and `status` wait for the storer to answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+/// How long `lock` waits for the pair to exit before killing it.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 fn lock(home: &Home) -> Result<()> {
-    let mut c = match Client::connect(home) {
-        Ok(c) => c,
-        Err(ClientError::Locked) => {
+    let running = procs::running(home);
+    let answered = match Client::connect(home) {
+        Ok(mut c) => {
+            c.set_timeout(ANSWER_WITHIN)?;
+            // The kernel names the pids; ask the storer only when it cannot
+            // (stats waits behind a request stuck on a hung keyholder).
+            let pids = match running {
+                Some(_) => None,
+                None => c.stats().ok().map(|s| (s.storer_pid, s.keyholder_pid)),
+            };
+            match c.shutdown() {
+                Ok(_) => Ok(pids),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Err(ClientError::Locked) if running.is_none() => {
             println!("iai-mcp is already locked");
             return Ok(());
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => Err(e.to_string()),
     };
-    let stats = c.stats()?;
-    c.shutdown()?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if !alive(stats.keyholder_pid) && !alive(stats.storer_pid) {
-            println!("locked");
-            return Ok(());
-        }
+    // Which processes must be gone: what the kernel says, else what the storer said.
+    let (storer, keyholder) = match (running, &answered) {
+        (Some(r), _) => (Some(r.storer), r.keyholder),
+        (None, Ok(Some((s, k)))) => (Some(*s), Some(*k)),
+        _ => (None, None),
+    };
+    let pids: Vec<u32> = storer.into_iter().chain(keyholder).collect();
+    // A storer that acknowledged gets the grace period; one that did not
+    // answer has already had its chance.
+    let grace = if answered.is_ok() { STOP_GRACE } else { Duration::from_millis(200) };
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && pids.iter().any(|&p| procs::alive(p)) {
         std::thread::sleep(Duration::from_millis(20));
     }
-    bail!("asked the daemon to stop, but keyholder pid {} is still running", stats.keyholder_pid)
+    let left: Vec<u32> = pids.iter().copied().filter(|&p| procs::alive(p)).collect();
+    if left.is_empty() {
+        if answered.is_err() && pids.is_empty() {
+            bail!(
+                "could not reach the storer ({}) and found no iai-mcp process to stop",
+                answered.err().unwrap_or_default()
+            );
+        }
+        println!("locked");
+        return Ok(());
+    }
+    let why = match &answered {
+        Ok(_) => format!("it was asked to stop but did not exit within {} s", STOP_GRACE.as_secs()),
+        Err(e) => format!("it did not answer ({e})"),
+    };
+    for &pid in &left {
+        let role = if Some(pid) == storer { "__storer" } else { "__keyholder" };
+        // Only a process that is still this home's role: a pid can be reused.
+        if procs::is_role(pid, role, home.root()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && left.iter().any(|&p| procs::alive(p)) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let still: Vec<String> = left.iter().filter(|&&p| procs::alive(p)).map(u32::to_string).collect();
+    if !still.is_empty() {
+        bail!("the daemon is hung ({why}) and pid(s) {} survived SIGKILL", still.join(", "));
+    }
+    let shown: Vec<String> = left.iter().map(u32::to_string).collect();
+    println!(
+        "locked: the daemon was hung ({why}); stopped pid(s) {} with SIGKILL (the key left memory with them)",
+        shown.join(", ")
+    );
+    Ok(())
 }
 
-/// True while `pid` exists and is not a zombie.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
-        Err(_) => false,
+/// What `status` reports when the storer cannot answer for itself.
+fn unanswered_state(running: Option<procs::Running>, socket: bool, why: &str) -> (&'static str, String) {
+    match running {
+        Some(r) if socket => (
+            "unresponsive",
+            format!(
+                "unlocked but not answering ({why}): storer pid {}{}; `iai-mcp lock` stops it",
+                r.storer,
+                r.keyholder.map(|k| format!(", keyholder pid {k}")).unwrap_or_default()
+            ),
+        ),
+        Some(r) => ("changing", format!("starting or stopping (storer pid {})", r.storer)),
+        None => ("locked", "locked".to_string()),
     }
 }
 
 fn status(home: &Home, json: bool) -> Result<()> {
-    let stats = match Client::connect(home) {
-        Ok(mut c) => Some(c.stats()?),
-        Err(ClientError::Locked) => None,
-        Err(e) => return Err(e.into()),
+    let running = procs::running(home);
+    let answer = match Client::connect(home) {
+        Ok(mut c) => c.set_timeout(ANSWER_WITHIN).and_then(|()| c.stats()).map(Some),
+        Err(ClientError::Locked) => Ok(None),
+        Err(e) => Err(e),
+    };
+    let stats = match answer {
+        Ok(Some(s)) => s,
+        Ok(None) | Err(_) => {
+            let why = match &answer {
+                Err(e) => e.to_string(),
+                _ => "no socket".to_string(),
+            };
+            let socket = home.socket().exists() && answer.is_err();
+            let (state, text) = unanswered_state(running, socket, &why);
+            if json {
+                let mut v = serde_json::json!({"state": state, "home": home.root()});
+                if let Some(r) = running {
+                    v["storer_pid"] = r.storer.into();
+                    v["keyholder_pid"] = r.keyholder.into();
+                }
+                if state != "locked" {
+                    v["detail"] = text.into();
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{text} ({})", home.root().display());
+            }
+            return Ok(());
+        }
     };
     if json {
-        let v = match &stats {
-            None => serde_json::json!({"state": "locked", "home": home.root()}),
-            Some(s) => {
-                let mut v = serde_json::to_value(s)?;
-                v["state"] = "unlocked".into();
-                v["home"] = serde_json::to_value(home.root())?;
-                v
-            }
-        };
+        let mut v = serde_json::to_value(&stats)?;
+        v["state"] = "unlocked".into();
+        v["home"] = serde_json::to_value(home.root())?;
         println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
-    match stats {
-        None => println!("locked ({})", home.root().display()),
-        Some(s) => {
-            println!("unlocked ({})", home.root().display());
-            println!("  storer pid {}, keyholder pid {}", s.storer_pid, s.keyholder_pid);
-            let tiers: Vec<String> = s.per_tier.iter().map(|t| format!("{} {}", t.tier.name(), t.records)).collect();
-            println!("  memories: {} ({})", s.records, tiers.join(", "));
-            println!("  store size: {} bytes", s.store_bytes);
-            println!("  seals: {} of at most {} for this key", s.seal_count, s.seal_limit);
-            if s.disk_full {
-                println!("  WARNING: the disk holding the store is full: new memories are NOT being stored until space is freed");
-            }
-            if s.unreadable > 0 {
-                println!("  WARNING: {} records did not authenticate and are not served", s.unreadable);
-            }
-            for d in &s.degraded {
-                println!("  WARNING: sandbox degraded: {d}");
-            }
-        }
+    let s = stats;
+    println!("unlocked ({})", home.root().display());
+    println!("  storer pid {}, keyholder pid {}", s.storer_pid, s.keyholder_pid);
+    let tiers: Vec<String> = s.per_tier.iter().map(|t| format!("{} {}", t.tier.name(), t.records)).collect();
+    println!("  memories: {} ({})", s.records, tiers.join(", "));
+    println!("  store size: {} bytes", s.store_bytes);
+    println!("  seals: {} of at most {} for this key", s.seal_count, s.seal_limit);
+    if s.disk_full {
+        println!(
+            "  WARNING: the disk holding the store is full: new memories are NOT being stored until space is freed"
+        );
+    }
+    if s.unreadable > 0 {
+        println!("  WARNING: {} records did not authenticate and are not served", s.unreadable);
+    }
+    for d in &s.degraded {
+        println!("  WARNING: sandbox degraded: {d}");
     }
     Ok(())
 }

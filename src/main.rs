@@ -6,6 +6,7 @@
 mod cli;
 mod hooks;
 mod passphrase;
+mod procs;
 mod roles;
 mod sys;
 

@@ -420,7 +420,9 @@ fn fit_recall(r: proto::RecallResult, offset: u32, skip: usize, budget: usize) -
             cut = pos + c.len_utf8();
         }
         if cut == 0 {
-            return Err(format!("token_budget is too small to show any of this memory; raise it (at most {MAX_TOKEN_BUDGET})"));
+            return Err(format!(
+                "token_budget is too small to show any of this memory; raise it (at most {MAX_TOKEN_BUDGET})"
+            ));
         }
         m.text = text[..cut].to_string();
         out.neutralized_chars += n as u64;

@@ -50,6 +50,13 @@ impl Client {
         }
     }
 
+    /// Bounds how long one request may wait for its answer.
+    pub fn set_timeout(&mut self, d: Duration) -> Result<(), ClientError> {
+        self.stream.set_read_timeout(Some(d))?;
+        self.stream.set_write_timeout(Some(d))?;
+        Ok(())
+    }
+
     /// Sends a raw frame body and returns the raw reply body (protocol tests).
     pub fn raw(&mut self, body: &[u8]) -> Result<Option<Vec<u8>>, ClientError> {
         if let Err(e) = proto::write_frame(&mut self.stream, body) {

@@ -5,9 +5,8 @@ use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use iai_keyholder::client::{ClientError, KeyholderClient};
 use iai_keyholder::startup::{error_line, ready_line};
@@ -26,8 +25,11 @@ use crate::proto::{
     Stats, Tier, TierCount,
 };
 
-/// Concurrent client connections; more are refused with `busy`.
+/// Concurrent client connections; past this the longest-idle one is closed
+/// (a new one is refused with `busy` only when every one is mid-request).
 const MAX_CONNECTIONS: usize = 64;
+/// Longest wait for one keyholder answer before it counts as gone.
+const KEYHOLDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// Records unsealed per keyholder round trip while building the index.
 const LOAD_BATCH: usize = 512;
 const DUP_TAG_DOMAIN: &[u8] = b"iai-mcp duplicate v1\0";
@@ -98,6 +100,13 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
     let kh_stream = UnixStream::from(
         crate::sys::adopt_socket(keyholder_fd).map_err(|e| fail("storer", format!("keyholder descriptor: {e}")))?,
     );
+    // A keyholder that stops answering (stopped, hung) must not hang every
+    // client behind it: past this the storer treats it as gone and exits,
+    // which `status` and clients then see as locked.
+    kh_stream
+        .set_read_timeout(Some(KEYHOLDER_TIMEOUT))
+        .and_then(|()| kh_stream.set_write_timeout(Some(KEYHOLDER_TIMEOUT)))
+        .map_err(|e| fail("storer", format!("keyholder descriptor: {e}")))?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let keyholder_pid = nix::unistd::getppid().as_raw() as u32;
 
@@ -232,8 +241,52 @@ fn watch_keyholder(state: &State) -> Result<(), Fail> {
         .map_err(|e| fail("storer", e))
 }
 
+/// The open client connections, so that a new client is never starved by
+/// idle ones: at the cap, the connection idle the longest is closed.
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    open: std::collections::HashMap<u64, ConnEntry>,
+}
+
+struct ConnEntry {
+    /// A second handle on the socket, to shut it down from outside.
+    handle: UnixStream,
+    last_active: Instant,
+    busy: bool,
+}
+
+impl Conns {
+    /// Makes room for one more connection; false if every one is mid-request.
+    fn make_room(&mut self) -> bool {
+        if self.open.len() < MAX_CONNECTIONS {
+            return true;
+        }
+        let idle = self.open.iter().filter(|(_, c)| !c.busy).min_by_key(|(_, c)| c.last_active).map(|(id, _)| *id);
+        match idle.and_then(|id| self.open.remove(&id)) {
+            Some(c) => {
+                let _ = c.handle.shutdown(std::net::Shutdown::Both);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn mark(&mut self, id: u64, busy: bool) {
+        if let Some(c) = self.open.get_mut(&id) {
+            c.busy = busy;
+            c.last_active = Instant::now();
+        }
+    }
+}
+
+fn lock_conns(conns: &Mutex<Conns>) -> MutexGuard<'_, Conns> {
+    conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
-    let active = Arc::new(AtomicUsize::new(0));
+    let conns = Arc::new(Mutex::new(Conns::default()));
+    let socket: Arc<std::path::Path> = Arc::from(lock(&state).home.socket().as_path());
     let my_uid = nix::unistd::getuid().as_raw();
     for conn in listener.incoming() {
         let mut stream = match conn {
@@ -260,20 +313,36 @@ fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
                 continue;
             }
         }
-        if active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-            active.fetch_sub(1, Ordering::SeqCst);
-            let err = ErrorBody::new(ErrorCode::Busy, format!("too many connections (at most {MAX_CONNECTIONS})"));
-            let _ = proto::write_frame(&mut stream, &proto::encode_err(&err));
-            continue;
-        }
-        let state = Arc::clone(&state);
-        let active_c = Arc::clone(&active);
+        let handle = match stream.try_clone() {
+            Ok(h) => h,
+            Err(e) => {
+                iai_policy::log!("storer: could not track a connection: {e}");
+                continue;
+            }
+        };
+        let id = {
+            let mut c = lock_conns(&conns);
+            if !c.make_room() {
+                drop(c);
+                let err = ErrorBody::new(
+                    ErrorCode::Busy,
+                    format!("all {MAX_CONNECTIONS} connections are in the middle of a request; try again"),
+                );
+                let _ = proto::write_frame(&mut stream, &proto::encode_err(&err));
+                continue;
+            }
+            c.next += 1;
+            let id = c.next;
+            c.open.insert(id, ConnEntry { handle, last_active: Instant::now(), busy: false });
+            id
+        };
+        let (state, conns_c, socket) = (Arc::clone(&state), Arc::clone(&conns), Arc::clone(&socket));
         let spawned = std::thread::Builder::new().name("client".into()).spawn(move || {
-            connection(stream, &state);
-            active_c.fetch_sub(1, Ordering::SeqCst);
+            connection(stream, &state, &socket, |busy| lock_conns(&conns_c).mark(id, busy));
+            lock_conns(&conns_c).open.remove(&id);
         });
         if let Err(e) = spawned {
-            active.fetch_sub(1, Ordering::SeqCst);
+            lock_conns(&conns).open.remove(&id);
             iai_policy::log!("storer: could not start a connection thread: {e}");
         }
     }
@@ -285,10 +354,13 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn connection(mut stream: UnixStream, state: &Mutex<State>) {
+fn connection(mut stream: UnixStream, state: &Mutex<State>, socket: &std::path::Path, mark: impl Fn(bool)) {
     loop {
         let body = match proto::read_frame(&mut stream) {
-            Ok(Frame::Body(b)) => b,
+            Ok(Frame::Body(b)) => {
+                mark(true);
+                b
+            }
             Ok(Frame::Eof) | Err(_) => return,
             Ok(Frame::TooLarge(n)) => {
                 let err = ErrorBody::new(
@@ -305,10 +377,11 @@ fn connection(mut stream: UnixStream, state: &Mutex<State>) {
         let reply = match proto::parse_request(&body) {
             Err(e) => proto::encode_err(&e),
             Ok(Request::Shutdown) => {
-                let st = lock(state);
+                // Not behind the state lock: a request stuck on a hung
+                // keyholder must not keep `lock` from stopping the store.
                 let _ = proto::write_frame(&mut stream, &proto::encode_ok(&Ack { done: true }));
                 iai_policy::log!("storer: lock requested; stopping");
-                let _ = std::fs::remove_file(st.home.socket());
+                let _ = std::fs::remove_file(socket);
                 std::process::exit(0);
             }
             Ok(req) => {
@@ -340,7 +413,9 @@ fn connection(mut stream: UnixStream, state: &Mutex<State>) {
         } else {
             reply
         };
-        if proto::write_frame(&mut stream, &reply).is_err() {
+        let written = proto::write_frame(&mut stream, &reply);
+        mark(false);
+        if written.is_err() {
             return;
         }
     }

@@ -48,8 +48,7 @@ const RECORD_FIXED: usize = 1024;
 /// The largest JSON a single record can take, as a capture request or as a
 /// recall hit: every text field at its limit, every byte escaped.
 pub const WORST_RECORD_JSON: usize = RECORD_FIXED
-    + JSON_WORST_EXPANSION
-        * (MAX_TEXT + MAX_CUE + MAX_TAGS * MAX_TAG + MAX_SESSION + MAX_PROVENANCE + MAX_PROJECT)
+    + JSON_WORST_EXPANSION * (MAX_TEXT + MAX_CUE + MAX_TAGS * MAX_TAG + MAX_SESSION + MAX_PROVENANCE + MAX_PROJECT)
     + MAX_TAGS * 3;
 
 const _: () = assert!(WORST_RECORD_JSON <= BATCH_BUDGET, "one capture must always fit a batch");

@@ -138,7 +138,10 @@ fn every_role_survives_stop_continue_and_the_freezer_during_a_capture_burst() {
             .hits;
         assert_eq!(hits.first().map(|h| h.id.as_str()), Some(id.as_str()), "acknowledged capture {token} was lost");
     }
-    eprintln!("stop/continue cycles survived: {cycles:?}; freezer cycles: {frozen}; captures acknowledged: {}", acked.len());
+    eprintln!(
+        "stop/continue cycles survived: {cycles:?}; freezer cycles: {frozen}; captures acknowledged: {}",
+        acked.len()
+    );
 }
 
 /// A small tmpfs, mounted for one test and unmounted when dropped.
@@ -299,7 +302,12 @@ fn replies_larger_than_a_frame_are_cut_to_fit_and_paged_never_dropped() {
     let mut pages = 0;
     loop {
         let r = client
-            .recall(RecallRequest { cue: "bigreply0 bigreply1 bigreply2 bigreply3 bigreply4 bigreply5".into(), limit: Some(10), offset: Some(offset), ..Default::default() })
+            .recall(RecallRequest {
+                cue: "bigreply0 bigreply1 bigreply2 bigreply3 bigreply4 bigreply5".into(),
+                limit: Some(10),
+                offset: Some(offset),
+                ..Default::default()
+            })
             .expect("a recall of large memories answers");
         pages += 1;
         assert!(!r.hits.is_empty(), "a page must hold at least one hit");
@@ -322,7 +330,8 @@ fn replies_larger_than_a_frame_are_cut_to_fit_and_paged_never_dropped() {
     assert_eq!(texts.len(), 6, "the CLI follows the pages");
 
     // Events of many large batches still answer.
-    let ev = client.events(iai_storer::proto::EventsRequest { limit: Some(1000), ..Default::default() }).expect("events");
+    let ev =
+        client.events(iai_storer::proto::EventsRequest { limit: Some(1000), ..Default::default() }).expect("events");
     assert!(!ev.events.is_empty());
 
     // Through MCP: each result stays under what Claude Code keeps inline, and
@@ -364,8 +373,114 @@ fn replies_larger_than_a_frame_are_cut_to_fit_and_paged_never_dropped() {
     assert!(reason.contains(&(iai_storer::proto::MAX_TEXT + 1).to_string()) && reason.contains("maximum"), "{reply}");
     let huge = "q".repeat(3 << 20);
     let (reply, line) = mcp.call("memory_capture", serde_json::json!({"text": huge}));
-    assert!(!line.contains("stopped answering"), "a 3 MiB argument is not a dead daemon: {}", &line[..line.len().min(300)]);
+    assert!(
+        !line.contains("stopped answering"),
+        "a 3 MiB argument is not a dead daemon: {}",
+        &line[..line.len().min(300)]
+    );
     let reason = reply["result"]["structuredContent"]["reason"].as_str().unwrap_or_default().to_string();
     assert!(reason.contains("maximum"), "{}", &line[..line.len().min(300)]);
     eprintln!("largest MCP result text: {largest} UTF-16 units (limit {})", iai_storer::limits::HOST_TOOL_RESULT_CHARS);
+}
+
+fn status_json(h: &TestHome) -> serde_json::Value {
+    let out = h.run(&["status", "--json"]);
+    crate::support::assert_ok(&out, "status");
+    serde_json::from_slice(&out.stdout).expect("status JSON")
+}
+
+/// Issue 9.5: a hung keyholder hung every client, `lock` included, so it
+/// could not be stopped; `status` during a lock failed with a connection error.
+#[test]
+fn lock_stops_a_hung_keyholder_or_storer_within_seconds_and_says_so() {
+    for victim in ["keyholder", "storer"] {
+        let h = Arc::new(TestHome::init_unlocked());
+        let id = h.client().capture(CaptureRequest { text: format!("hungcase {victim}"), ..Default::default() });
+        let id = id.expect("capture").id;
+        let (kh, st) = h.pids();
+        let pid = if victim == "keyholder" { kh } else { st };
+        signal(pid, Signal::SIGSTOP);
+        // A capture now waits on the stopped role.
+        let waiting = {
+            let h = Arc::clone(&h);
+            std::thread::spawn(move || {
+                h.client().capture(CaptureRequest { text: "waits on a hung role".into(), ..Default::default() }).is_ok()
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let s = status_json(&h);
+        assert!(started.elapsed() < Duration::from_secs(10), "status took {:?}", started.elapsed());
+        assert_eq!(s["state"], "unresponsive", "{victim} stopped: {s}");
+        assert_eq!(s["storer_pid"], st, "{s}");
+
+        let started = std::time::Instant::now();
+        let out = h.run(&["lock"]);
+        let took = started.elapsed();
+        crate::support::assert_ok(&out, "lock of a hung daemon");
+        assert!(
+            crate::support::stdout(&out).contains("SIGKILL"),
+            "lock says what it did: {}",
+            crate::support::stdout(&out)
+        );
+        assert!(took < Duration::from_secs(15), "lock took {took:?}");
+        assert!(!alive(kh) && !alive(st), "both roles are gone");
+        assert_eq!(status_json(&h)["state"], "locked");
+        let _ = waiting.join();
+        h.unlock();
+        let hits =
+            h.client().recall(RecallRequest { cue: "hungcase".into(), ..Default::default() }).expect("recall").hits;
+        assert_eq!(hits.first().map(|h| h.id.clone()), Some(id), "acknowledged before the hang, kept");
+        eprintln!("hung {victim}: lock took {took:?}");
+    }
+}
+
+#[test]
+fn status_never_fails_while_lock_or_unlock_is_in_progress() {
+    let h = Arc::new(TestHome::init_unlocked());
+    let stop = Arc::new(AtomicBool::new(false));
+    let prober = {
+        let (h, stop) = (Arc::clone(&h), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeMap::<String, usize>::new();
+            while !stop.load(Ordering::SeqCst) {
+                let out = h.run(&["status", "--json"]);
+                assert!(out.status.success(), "status failed: {}", crate::support::stderr(&out));
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+                let state = v["state"].as_str().expect("state").to_string();
+                assert!(["locked", "unlocked", "changing", "unresponsive"].contains(&state.as_str()), "{v}");
+                *seen.entry(state).or_default() += 1;
+            }
+            seen
+        })
+    };
+    for _ in 0..5 {
+        crate::support::assert_ok(&h.run(&["lock"]), "lock");
+        h.unlock();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let seen = prober.join().expect("status never failed");
+    assert!(seen.len() >= 2, "status saw both states: {seen:?}");
+}
+
+/// Issue 9.6: 500 idle connections (no idle timeout, a 64-connection cap)
+/// made every other client fail with "too many connections".
+#[test]
+fn a_cli_recall_answers_with_500_idle_connections_held_open() {
+    let h = TestHome::init_unlocked();
+    crate::support::assert_ok(&h.run(&["capture", "idlecase remembered"]), "capture");
+    let idle: Vec<std::os::unix::net::UnixStream> =
+        (0..500).map(|_| std::os::unix::net::UnixStream::connect(h.home().socket()).expect("connect")).collect();
+    // A half-sent frame is idle too.
+    let mut partial = std::os::unix::net::UnixStream::connect(h.home().socket()).expect("connect");
+    std::io::Write::write_all(&mut partial, &[9, 0]).expect("half a length");
+    std::thread::sleep(Duration::from_millis(300));
+    let out = h.run(&["recall", "idlecase"]);
+    crate::support::assert_ok(&out, "recall with 500 idle connections");
+    assert!(crate::support::stdout(&out).contains("idlecase remembered"));
+    // And an MCP session keeps working while they are held.
+    let mut mcp = RawMcp::start(&h);
+    let (reply, line) = mcp.call("memory_recall", serde_json::json!({"cue": "idlecase"}));
+    assert_eq!(reply["result"]["structuredContent"]["memories"][0]["text"], "idlecase remembered", "{line}");
+    drop(idle);
 }

@@ -135,7 +135,7 @@ impl Drop for TestHome {
     fn drop(&mut self) {
         let s = self.run(&["status", "--json"]);
         if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&s.stdout) {
-            if v["state"] == "unlocked" {
+            if v["state"] != "locked" {
                 let _ = self.run(&["lock"]);
             }
         }

@@ -1,0 +1,77 @@
+//! The roles running for a home, as the kernel reports them: the pid-file
+//! lock the storer holds, `/proc/PID/cmdline` and `/proc/PID/status`. Used
+//! when the storer cannot answer for itself (hung, busy, stopping), so that
+//! `lock` can still stop it and `status` can still say what is going on.
+
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use iai_policy::Home;
+
+/// This home's daemon pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Running {
+    pub storer: u32,
+    /// None once the keyholder has exited (or is not ours).
+    pub keyholder: Option<u32>,
+}
+
+/// The storer holding this home's pid-file lock, and its keyholder.
+pub fn running(home: &Home) -> Option<Running> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(home.pid_file())
+        .ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    // Nobody holds the lock: no storer runs, whatever the file says.
+    let mut file = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => return None,
+        Err((file, nix::errno::Errno::EWOULDBLOCK)) => file,
+        Err(_) => return None,
+    };
+    let mut text = String::new();
+    (&mut file).take(64).read_to_string(&mut text).ok()?;
+    let storer: u32 = text.trim().parse().ok()?;
+    if !is_role(storer, "__storer", home.root()) {
+        return None;
+    }
+    let keyholder = parent(storer).filter(|&p| is_role(p, "__keyholder", home.root()));
+    Some(Running { storer, keyholder })
+}
+
+/// True if `pid` is alive, ours, and runs `role` for the home at `root`.
+pub fn is_role(pid: u32, role: &str, root: &Path) -> bool {
+    if !alive(pid) || uid(pid) != Some(nix::unistd::getuid().as_raw()) {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let home = args.iter().position(|a| *a == b"--home").and_then(|i| args.get(i + 1));
+    args.get(1) == Some(&role.as_bytes()) && home.is_some_and(|h| Path::new(std::ffi::OsStr::from_bytes(h)) == root)
+}
+
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string())
+}
+
+fn uid(pid: u32) -> Option<u32> {
+    status_field(pid, "Uid:")?.split_whitespace().next()?.parse().ok()
+}
+
+fn parent(pid: u32) -> Option<u32> {
+    status_field(pid, "PPid:")?.parse().ok()
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with('Z') && !rest.starts_with('X')),
+        Err(_) => false,
+    }
+}
