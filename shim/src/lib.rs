@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod neutralize;
+mod schema;
 mod tools;
 
 pub use neutralize::neutralize;

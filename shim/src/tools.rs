@@ -220,6 +220,11 @@ pub struct ForgetOutput {
     pub forgotten: bool,
 }
 
+/// A tool that takes no arguments refuses any it is given.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
+
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct TierCounts {
     pub working: u64,
@@ -288,7 +293,14 @@ fn parse_time(what: &str, s: &str) -> Result<i64, String> {
 
 impl Shim {
     pub fn new(home: Home) -> Shim {
-        Shim { home, conn: Arc::new(Mutex::new(None)), tool_router: Self::tool_router() }
+        let mut tool_router = Self::tool_router();
+        for route in tool_router.map.values_mut() {
+            crate::schema::make_portable(Arc::make_mut(&mut route.attr.input_schema));
+            if let Some(out) = route.attr.output_schema.as_mut() {
+                crate::schema::make_portable(Arc::make_mut(out));
+            }
+        }
+        Shim { home, conn: Arc::new(Mutex::new(None)), tool_router }
     }
 
     /// Runs `f` on the storer connection, opening it if needed. A broken
@@ -581,7 +593,7 @@ impl Shim {
         description = "Counts of stored memories per tier, store size, lock state and versions.",
         annotations(read_only_hint = true, open_world_hint = false)
     )]
-    async fn memory_stats(&self) -> Result<Json<StatsOutput>, String> {
+    async fn memory_stats(&self, Parameters(_): Parameters<NoParams>) -> Result<Json<StatsOutput>, String> {
         let s = self.call(|c| c.stats()).await.map_err(explain)?;
         let count = |t: proto::Tier| s.per_tier.iter().find(|c| c.tier == t).map_or(0, |c| c.records);
         Ok(Json(StatsOutput {
