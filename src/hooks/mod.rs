@@ -8,6 +8,7 @@
 pub mod redact;
 pub mod settings;
 pub mod transcript;
+mod trust;
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -49,30 +50,39 @@ pub fn install(targets: &[Host]) -> Result<()> {
     let home = user_home()?;
     for &host in targets {
         let path = host.settings_path(&home);
-        let (mut doc, previous) = settings::read(&path)?;
-        if settings::install(&mut doc, host, &bin)? {
-            settings::write(&path, &doc, previous.as_deref())?;
+        let existed = std::fs::symlink_metadata(&path).is_ok();
+        let changed = settings::edit(&path, |doc| Ok(settings::install(doc, host, &bin)?.then_some(())))?;
+        if changed.is_some() {
             println!("{}: installed hooks in {}", host.name(), path.display());
-            if previous.is_some() {
-                println!("  previous file kept as {}.iai-mcp-backup", path.display());
+            if existed {
+                println!("  previous file kept as {}.iai-mcp-backup", settings::real_path(&path)?.display());
             }
         } else {
             println!("{}: already installed in {}", host.name(), path.display());
         }
         if host == Host::Codex {
-            println!("  Codex runs hooks only with `[features] codex_hooks = true` in ~/.codex/config.toml");
+            println!("  {CODEX_TRUST_HELP}");
         }
     }
     Ok(())
 }
 
+/// Codex runs a user's hooks only after the user has reviewed and trusted
+/// them; we never write that trust ourselves.
+const CODEX_TRUST_HELP: &str = "Codex runs these hooks only after you trust them: start `codex`, and at \
+\"Hooks need review\" choose \"Trust all and continue\" (or review them under /hooks). \
+`iai-mcp hooks status` shows whether Codex trusts them.";
+
 pub fn uninstall(targets: &[Host]) -> Result<()> {
     let home = user_home()?;
     for &host in targets {
         let path = host.settings_path(&home);
-        let (mut doc, previous) = settings::read(&path)?;
-        if previous.is_some() && settings::uninstall(&mut doc)? {
-            settings::write(&path, &doc, previous.as_deref())?;
+        let changed = if std::fs::symlink_metadata(&path).is_ok() {
+            settings::edit(&path, |doc| Ok(settings::uninstall(doc)?.then_some(())))?
+        } else {
+            None
+        };
+        if changed.is_some() {
             println!("{}: removed iai-mcp hooks from {}", host.name(), path.display());
         } else {
             println!("{}: no iai-mcp hooks in {}", host.name(), path.display());
@@ -85,12 +95,16 @@ pub fn status(targets: &[Host]) -> Result<()> {
     let home = user_home()?;
     for &host in targets {
         let path = host.settings_path(&home);
-        let (doc, previous) = settings::read(&path)?;
+        let (doc, previous) = settings::read(&settings::real_path(&path)?)?;
         let found = settings::installed(&doc);
         if previous.is_none() || found.is_empty() {
             println!("{}: not installed ({})", host.name(), path.display());
             continue;
         }
+        let trust = match host {
+            Host::Codex => Some(trust::codex_trust()),
+            Host::Claude => None,
+        };
         println!("{}: installed in {}", host.name(), path.display());
         for (event, sub, prog) in found {
             let state = if Path::new(&prog).is_file() {
@@ -99,6 +113,28 @@ pub fn status(targets: &[Host]) -> Result<()> {
                 "BINARY MISSING: run `iai-mcp hooks install` again"
             };
             println!("  {event:<17} {prog} hook {sub}  ({state})");
+        }
+        match trust {
+            Some(Ok(entries)) => {
+                let ours: Vec<&trust::HookTrust> =
+                    entries.iter().filter(|e| settings::ours(&e.command).is_some()).collect();
+                let untrusted: Vec<&&trust::HookTrust> = ours.iter().filter(|e| e.status != "trusted").collect();
+                if ours.is_empty() {
+                    println!("  Codex does not list these hooks (asked `codex app-server`, hooks/list)");
+                } else if untrusted.is_empty() {
+                    println!("  Codex trusts all {} of them (asked `codex app-server`, hooks/list)", ours.len());
+                } else {
+                    for e in &untrusted {
+                        println!(
+                            "  NOT RUN BY CODEX: {} is {} (asked `codex app-server`, hooks/list)",
+                            e.event, e.status
+                        );
+                    }
+                    println!("  {CODEX_TRUST_HELP}");
+                }
+            }
+            Some(Err(e)) => println!("  could not ask Codex whether it trusts them ({e:#}); {CODEX_TRUST_HELP}"),
+            None => {}
         }
     }
     Ok(())

@@ -32,17 +32,12 @@ impl Host {
         }
     }
 
-    /// (event, matcher, our subcommand)
+    /// (event, matcher, our subcommand). SessionStart has no matcher: every
+    /// source a host sends (Claude Code: startup, resume, clear, compact,
+    /// fork; Codex: startup, resume, clear, compact) and any it adds later
+    /// gets the memory prefix.
     pub fn entries(self) -> [(&'static str, Option<&'static str>, &'static str); 3] {
-        let start = match self {
-            Host::Claude => "startup|resume|clear|compact",
-            Host::Codex => "startup|resume|clear",
-        };
-        [
-            ("SessionStart", Some(start), "session-start"),
-            ("UserPromptSubmit", None, "capture"),
-            ("Stop", None, "capture"),
-        ]
+        [("SessionStart", None, "session-start"), ("UserPromptSubmit", None, "capture"), ("Stop", None, "capture")]
     }
 }
 
@@ -86,15 +81,36 @@ pub fn install(doc: &mut Value, host: Host, bin: &Path) -> Result<bool> {
         let groups = hooks.entry(event).or_insert_with(|| json!([]));
         let groups = groups.as_array_mut().ok_or_else(|| anyhow!("\"hooks.{event}\" is not a list"))?;
         let mut present = false;
-        for g in groups.iter_mut() {
-            for h in g["hooks"].as_array_mut().into_iter().flatten() {
-                let Some(cmd) = h["command"].as_str() else { continue };
-                if ours(cmd).is_some_and(|(_, s)| s == sub) {
-                    present = true;
-                    if cmd != want {
-                        h["command"] = json!(want);
-                        changed = true;
+        // Entries of other shapes are the user's or the host's business: left as they are.
+        for g in groups.iter_mut().filter_map(Value::as_object_mut) {
+            let mut ours_here = 0;
+            let mut others_here = 0;
+            for h in g.get_mut("hooks").and_then(Value::as_array_mut).into_iter().flatten() {
+                let Some(h) = h.as_object_mut() else {
+                    others_here += 1;
+                    continue;
+                };
+                match h.get("command").and_then(Value::as_str) {
+                    Some(cmd) if ours(cmd).is_some_and(|(_, s)| s == sub) => {
+                        present = true;
+                        ours_here += 1;
+                        if cmd != want {
+                            h.insert("command".into(), json!(want));
+                            changed = true;
+                        }
                     }
+                    _ => others_here += 1,
+                }
+            }
+            // A group of ours alone follows our matcher (older installs had one).
+            if ours_here > 0 && others_here == 0 {
+                let current = g.get("matcher").and_then(Value::as_str).map(String::from);
+                if current.as_deref() != matcher {
+                    match matcher {
+                        Some(m) => g.insert("matcher".into(), json!(m)),
+                        None => g.remove("matcher"),
+                    };
+                    changed = true;
                 }
             }
         }
@@ -119,14 +135,23 @@ pub fn uninstall(doc: &mut Value) -> Result<bool> {
     let mut changed = false;
     for groups in hooks.values_mut() {
         let Some(groups) = groups.as_array_mut() else { continue };
-        for g in groups.iter_mut() {
+        let mut emptied = Vec::new();
+        for (i, g) in groups.iter_mut().enumerate() {
             if let Some(list) = g.get_mut("hooks").and_then(Value::as_array_mut) {
                 let before = list.len();
-                list.retain(|h| h["command"].as_str().is_none_or(|c| ours(c).is_none()));
-                changed |= list.len() != before;
+                list.retain(|h| h.get("command").and_then(Value::as_str).is_none_or(|c| ours(c).is_none()));
+                if list.len() != before {
+                    changed = true;
+                    if list.is_empty() {
+                        emptied.push(i);
+                    }
+                }
             }
         }
-        groups.retain(|g| !g.get("hooks").and_then(Value::as_array).is_some_and(Vec::is_empty));
+        // Only groups we emptied go; anything else stays as the user wrote it.
+        for i in emptied.into_iter().rev() {
+            groups.remove(i);
+        }
     }
     if changed {
         hooks.retain(|_, v| !v.as_array().is_some_and(Vec::is_empty));
@@ -143,8 +168,8 @@ pub fn installed(doc: &Value) -> Vec<(String, String, String)> {
     let Some(hooks) = doc.get("hooks").and_then(Value::as_object) else { return out };
     for (event, groups) in hooks {
         for g in groups.as_array().into_iter().flatten() {
-            for h in g["hooks"].as_array().into_iter().flatten() {
-                if let Some((prog, sub)) = h["command"].as_str().and_then(ours) {
+            for h in g.get("hooks").and_then(Value::as_array).into_iter().flatten() {
+                if let Some((prog, sub)) = h.get("command").and_then(Value::as_str).and_then(ours) {
                     out.push((event.clone(), sub, prog));
                 }
             }
@@ -171,19 +196,47 @@ pub fn read(path: &Path) -> Result<(Value, Option<Vec<u8>>)> {
     }
 }
 
+/// The file a settings path stands for: a symbolic link (dotfile managers
+/// keep settings in a repository and link them) is written through, so the
+/// link stays a link.
+pub fn real_path(path: &Path) -> Result<PathBuf> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)
+            .with_context(|| format!("{} is a symbolic link that does not resolve; fix or remove it", path.display())),
+        _ => Ok(path.to_path_buf()),
+    }
+}
+
+/// Reads, changes and writes a settings file. The change is applied to what
+/// is on disk at the moment of writing: if the host (or the user) changed the
+/// file while we worked, we start again from their version rather than
+/// overwrite it, and give up with a clear error if it keeps changing.
+/// Returns what `change` returned for the version that was written.
+pub fn edit<T>(path: &Path, mut change: impl FnMut(&mut Value) -> Result<Option<T>>) -> Result<Option<T>> {
+    let real = real_path(path)?;
+    for _ in 0..5 {
+        let (mut doc, previous) = read(&real)?;
+        let Some(out) = change(&mut doc)? else { return Ok(None) };
+        match write(&real, &doc, previous.as_deref())? {
+            true => return Ok(Some(out)),
+            false => std::thread::sleep(std::time::Duration::from_millis(50)),
+        }
+    }
+    bail!(
+        "{} keeps changing while iai-mcp edits it (is the host writing it?); nothing was changed — try again",
+        path.display()
+    )
+}
+
 /// Writes `doc` atomically (temporary file, fsync, rename), keeping the
-/// previous content as `<file>.iai-mcp-backup` and the file's mode.
-pub fn write(path: &Path, doc: &Value, previous: Option<&[u8]>) -> Result<()> {
+/// previous content as `<file>.iai-mcp-backup` and the file's mode. Returns
+/// false, writing nothing, if the file no longer holds `previous`.
+fn write(path: &Path, doc: &Value, previous: Option<&[u8]>) -> Result<bool> {
     use std::io::Write;
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path.parent().ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o600);
-    if let Some(prev) = previous {
-        let backup = PathBuf::from(format!("{}.iai-mcp-backup", path.display()));
-        std::fs::write(&backup, prev).with_context(|| format!("cannot write the backup {}", backup.display()))?;
-        std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(mode))?;
-    }
     let tmp = dir.join(format!(
         ".{}.iai-mcp-{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("settings"),
@@ -191,6 +244,7 @@ pub fn write(path: &Path, doc: &Value, previous: Option<&[u8]>) -> Result<()> {
     ));
     let mut text = serde_json::to_string_pretty(doc)?;
     text.push('\n');
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -203,9 +257,20 @@ pub fn write(path: &Path, doc: &Value, previous: Option<&[u8]>) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("cannot write {}", tmp.display()));
     }
+    // The last look before the rename: a concurrent edit is not overwritten.
+    let now = std::fs::read(path).ok();
+    if now.as_deref() != previous {
+        let _ = std::fs::remove_file(&tmp);
+        return Ok(false);
+    }
+    if let Some(prev) = previous {
+        let backup = PathBuf::from(format!("{}.iai-mcp-backup", path.display()));
+        std::fs::write(&backup, prev).with_context(|| format!("cannot write the backup {}", backup.display()))?;
+        std::fs::set_permissions(&backup, std::fs::Permissions::from_mode(mode))?;
+    }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
     std::fs::File::open(dir).and_then(|d| d.sync_all()).ok();
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -251,5 +316,76 @@ mod tests {
         assert!(install(&mut doc, Host::Claude, Path::new("/new/iai-mcp")).expect("reinstall"));
         let paths: Vec<String> = installed(&doc).into_iter().map(|e| e.2).collect();
         assert_eq!(paths, vec!["/new/iai-mcp"; 3]);
+    }
+
+    /// Issue 9.11: a hooks group that is not an object panicked `hooks install`.
+    #[test]
+    fn odd_shapes_in_the_hosts_file_are_left_alone_not_a_panic() {
+        let bin = Path::new("/opt/bin/iai-mcp");
+        let mut doc =
+            json!({"hooks": {"Stop": [7, "text", null, [1], {"hooks": "not a list"}, {"hooks": [3, {"command": 5}]}]}});
+        assert!(install(&mut doc, Host::Claude, bin).expect("install"));
+        assert_eq!(installed(&doc).len(), 3);
+        let stop = doc["hooks"]["Stop"].as_array().expect("list");
+        assert_eq!(
+            &stop[..6],
+            &json!([7, "text", null, [1], {"hooks": "not a list"}, {"hooks": [3, {"command": 5}]}])
+                .as_array()
+                .expect("list")[..]
+        );
+        assert!(uninstall(&mut doc).expect("uninstall"));
+        assert_eq!(
+            doc,
+            json!({"hooks": {"Stop": [7, "text", null, [1], {"hooks": "not a list"}, {"hooks": [3, {"command": 5}]}]}})
+        );
+    }
+
+    #[test]
+    fn an_old_session_start_matcher_is_dropped_so_every_source_is_covered() {
+        let bin = Path::new("/opt/bin/iai-mcp");
+        let mut doc = json!({"hooks": {"SessionStart": [{"matcher": "startup|resume|clear", "hooks": [{"type": "command", "command": "/opt/bin/iai-mcp hook session-start"}]}]}});
+        assert!(install(&mut doc, Host::Codex, bin).expect("install"));
+        assert!(doc["hooks"]["SessionStart"][0].get("matcher").is_none(), "{doc}");
+    }
+
+    /// Issue 9.11: a symlinked settings.json (dotfile managers) was replaced
+    /// by a regular file.
+    #[test]
+    fn a_symlinked_settings_file_is_written_through_and_stays_a_link() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let repo = dir.path().join("dotfiles");
+        std::fs::create_dir(&repo).expect("mkdir");
+        let target = repo.join("settings.json");
+        std::fs::write(&target, "{\"model\": \"opus\"}").expect("write");
+        let link = dir.path().join("settings.json");
+        std::os::unix::fs::symlink(&target, &link).expect("symlink");
+        let bin = Path::new("/opt/bin/iai-mcp");
+        edit(&link, |doc| Ok(install(doc, Host::Claude, bin)?.then_some(()))).expect("edit");
+        assert!(std::fs::symlink_metadata(&link).expect("meta").file_type().is_symlink(), "still a link");
+        let (doc, _) = read(&target).expect("read");
+        assert_eq!(doc["model"], "opus");
+        assert_eq!(installed(&doc).len(), 3);
+    }
+
+    /// Issue 9.11: an edit by the host between our read and our rename was lost.
+    #[test]
+    fn a_concurrent_edit_by_the_host_is_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("settings.json");
+        std::fs::write(&path, "{\"a\": 1}").expect("write");
+        let bin = Path::new("/opt/bin/iai-mcp");
+        let mut first = true;
+        edit(&path, |doc| {
+            if first {
+                // The host writes while we are between read and rename.
+                first = false;
+                std::fs::write(&path, "{\"a\": 1, \"hostWrote\": true}").expect("host write");
+            }
+            Ok(install(doc, Host::Claude, bin)?.then_some(()))
+        })
+        .expect("edit");
+        let (doc, _) = read(&path).expect("read");
+        assert_eq!(doc["hostWrote"], true, "the host's change survives: {doc}");
+        assert_eq!(installed(&doc).len(), 3, "and ours is in: {doc}");
     }
 }
