@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use iai_policy::Home;
 use iai_storer::client::{Client, ClientError};
-use iai_storer::limits::{HOST_CHARS_PER_TOKEN, HOST_TOOL_RESULT_CHARS};
+use iai_storer::limits::{HOST_CHARS_PER_TOKEN, HOST_TOOL_RESULT_BYTES};
 use iai_storer::proto::{self, ErrorCode};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
@@ -363,22 +363,23 @@ fn parse_cursor(cursor: Option<&str>) -> Result<(u32, usize), String> {
     Ok((n.parse::<u32>().map_err(|_| bad())?, b))
 }
 
-/// UTF-16 units a character takes inside a JSON string, as serde_json
-/// writes it: what a JavaScript host counts as its length.
-fn json_char_units(c: char) -> usize {
+/// Bytes a character takes inside a JSON string, as serde_json writes it.
+/// Bytes, because Codex counts bytes; Claude Code counts UTF-16 units, of
+/// which no character has more than it has bytes.
+fn json_char_bytes(c: char) -> usize {
     match c {
         '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
         c if (c as u32) < 0x20 => 6,
-        c => c.len_utf16(),
+        c => c.len_utf8(),
     }
 }
 
-/// UTF-16 units of `v` serialised as JSON (the text copy the host measures).
-fn result_units<T: Serialize>(v: &T) -> usize {
-    serde_json::to_string(v).map(|s| s.encode_utf16().count()).unwrap_or(usize::MAX)
+/// Bytes of `v` serialised as JSON (the text copy the host measures).
+fn result_bytes<T: Serialize>(v: &T) -> usize {
+    iai_storer::limits::json_len(v)
 }
 
-/// Builds a recall result whose JSON stays within `budget` UTF-16 units:
+/// Builds a recall result whose JSON stays within `budget` bytes:
 /// whole memories while they fit; a first memory too large for the budget is
 /// cut, and the cursor continues its text; the rest waits for the cursor.
 fn fit_recall(r: proto::RecallResult, offset: u32, skip: usize, budget: usize) -> Result<RecallOutput, String> {
@@ -386,7 +387,7 @@ fn fit_recall(r: proto::RecallResult, offset: u32, skip: usize, budget: usize) -
     const CURSOR_ROOM: usize = 40;
     let mut out =
         RecallOutput { notice: RECALL_NOTICE.into(), memories: Vec::new(), neutralized_chars: 0, next_cursor: None };
-    let mut used = result_units(&out) + CURSOR_ROOM;
+    let mut used = result_bytes(&out) + CURSOR_ROOM;
     let total = r.hits.len();
     for (i, h) in r.hits.into_iter().enumerate() {
         let (full, n) = neutralize(&h.text);
@@ -406,7 +407,7 @@ fn fit_recall(r: proto::RecallResult, offset: u32, skip: usize, budget: usize) -
             superseded_by: h.superseded_by,
             project: h.project,
         };
-        let cost = result_units(&m) + 1;
+        let cost = result_bytes(&m) + 1;
         if used + cost <= budget {
             used += cost;
             out.neutralized_chars += n as u64;
@@ -420,15 +421,15 @@ fn fit_recall(r: proto::RecallResult, offset: u32, skip: usize, budget: usize) -
         // The first memory alone is over the budget: send the part that fits.
         let text = std::mem::take(&mut m.text);
         m.text_truncated = true;
-        let room = budget.saturating_sub(used + result_units(&m) + 1);
+        let room = budget.saturating_sub(used + result_bytes(&m) + 1);
         let mut cut = 0;
-        let mut units = 0;
+        let mut used_text = 0;
         for (pos, c) in text.char_indices() {
-            let u = json_char_units(c);
-            if units + u > room {
+            let u = json_char_bytes(c);
+            if used_text + u > room {
                 break;
             }
-            units += u;
+            used_text += u;
             cut = pos + c.len_utf8();
         }
         if cut == 0 {
@@ -520,8 +521,8 @@ impl Shim {
             project: p.project,
         };
         let r = self.call(move |c| c.recall(req.clone())).await.map_err(explain)?;
-        let budget_chars = (budget as usize).saturating_mul(HOST_CHARS_PER_TOKEN).min(HOST_TOOL_RESULT_CHARS);
-        let out = fit_recall(r, offset, skip, budget_chars)?;
+        let budget_bytes = (budget as usize).saturating_mul(HOST_CHARS_PER_TOKEN).min(HOST_TOOL_RESULT_BYTES);
+        let out = fit_recall(r, offset, skip, budget_bytes)?;
         Ok(Json(out))
     }
 

@@ -228,6 +228,21 @@ fn clean_text(text: &str, redact: bool, redactions: &mut usize) -> Option<String
 
 fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
     let path = input["transcript_path"].as_str().ok_or_else(|| anyhow!("no transcript_path in the hook input"))?;
+    if std::fs::symlink_metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        // Claude Code names the transcript before its first line is written;
+        // where it will be must still be a host's transcript directory.
+        let parent = Path::new(path).parent().map(Path::to_path_buf).unwrap_or_default();
+        let inside = parent.canonicalize().is_ok_and(|p| {
+            let home = user_home().unwrap_or_default();
+            [home.join(".claude/projects"), home.join(".codex/sessions")]
+                .iter()
+                .any(|root| root.canonicalize().is_ok_and(|r| p.starts_with(r)))
+        });
+        if inside {
+            return Ok("the transcript is not written yet: nothing to capture".into());
+        }
+        bail!("refused a transcript outside ~/.claude/projects and ~/.codex/sessions ({path:?} does not exist)");
+    }
     let (transcript, host) = allowed_transcript(path, &user_home()?)?;
     let session = input["session_id"].as_str().map(String::from);
     let project = project_of(input);

@@ -15,7 +15,7 @@
 //!   and the rest is left for the next page or batch, never dropped;
 //! - what reaches a host (an MCP tool result, a session-start context) stays
 //!   under the limit past which that host writes the text to a file of its own
-//!   ([`HOST_TOOL_RESULT_CHARS`], [`HOST_HOOK_CONTEXT_BYTES`]).
+//!   ([`HOST_TOOL_RESULT_BYTES`], [`HOST_HOOK_CONTEXT_BYTES`]).
 
 /// Largest frame body accepted in either direction on the storer socket.
 pub const MAX_FRAME: usize = 4 << 20;
@@ -54,13 +54,15 @@ pub const WORST_RECORD_JSON: usize = RECORD_FIXED
 const _: () = assert!(WORST_RECORD_JSON <= BATCH_BUDGET, "one capture must always fit a batch");
 const _: () = assert!(WORST_RECORD_JSON <= REPLY_BUDGET, "one hit must always fit a reply");
 
-/// Claude Code saves an MCP tool result of more than 100,000 characters
-/// (JavaScript string length: UTF-16 units) to a file and shows the model a
-/// preview; it also counts a result over 12,500 estimated tokens (4 characters
-/// each) as large. Our result carries its JSON twice (structured content and
-/// the text copy), so each copy stays under 40,000 UTF-16 units: 80,000 in
-/// all, and 10,000 estimated tokens per copy.
-pub const HOST_TOOL_RESULT_CHARS: usize = 40_000;
+/// What an MCP tool result's JSON may take, in bytes of UTF-8. Claude Code
+/// saves a result of more than 100,000 characters (JavaScript length: UTF-16
+/// units, never more than UTF-8 bytes) to a file and shows the model a
+/// preview; our result carries its JSON twice (structured content and the
+/// text copy), 72,000 at most together. Codex cuts the middle out of a tool
+/// output over its model's limit (10,000 estimated tokens of 4 bytes for
+/// every model it ships), so one copy stays under 40,000 bytes with room for
+/// the header Codex adds.
+pub const HOST_TOOL_RESULT_BYTES: usize = 36_000;
 /// Characters per token in the hosts' own estimates (Claude Code and Codex
 /// both count four).
 pub const HOST_CHARS_PER_TOKEN: usize = 4;

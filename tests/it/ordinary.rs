@@ -352,9 +352,11 @@ fn replies_larger_than_a_frame_are_cut_to_fit_and_paged_never_dropped() {
             let result = &reply["result"];
             assert_ne!(result["isError"], true, "recall failed: {}", &line[..line.len().min(400)]);
             let text_copy = result["content"][0]["text"].as_str().expect("text copy");
-            let units = text_copy.encode_utf16().count();
-            largest = largest.max(units);
-            assert!(units <= iai_storer::limits::HOST_TOOL_RESULT_CHARS, "{units} UTF-16 units in one result");
+            // Bytes bound both hosts: Codex counts bytes, Claude Code UTF-16 units (never more).
+            let bytes = text_copy.len();
+            largest = largest.max(bytes);
+            assert!(bytes <= iai_storer::limits::HOST_TOOL_RESULT_BYTES, "{bytes} bytes in one result");
+            assert!(text_copy.encode_utf16().count() <= bytes);
             let m = &result["structuredContent"]["memories"][0];
             assert_eq!(m["id"].as_str(), Some(id.as_str()));
             assembled.push_str(m["text"].as_str().expect("text"));
@@ -380,7 +382,7 @@ fn replies_larger_than_a_frame_are_cut_to_fit_and_paged_never_dropped() {
     );
     let reason = reply["result"]["structuredContent"]["reason"].as_str().unwrap_or_default().to_string();
     assert!(reason.contains("maximum"), "{}", &line[..line.len().min(300)]);
-    eprintln!("largest MCP result text: {largest} UTF-16 units (limit {})", iai_storer::limits::HOST_TOOL_RESULT_CHARS);
+    eprintln!("largest MCP result text: {largest} bytes (limit {})", iai_storer::limits::HOST_TOOL_RESULT_BYTES);
 }
 
 fn status_json(h: &TestHome) -> serde_json::Value {
