@@ -179,9 +179,28 @@ pub fn run_hook(event: &str) {
     };
     match outcome {
         Ok(summary) => log(&home, &format!("{event}: {summary}")),
-        Err(e) => log(&home, &format!("{event}: {e:#}")),
+        Err(e) => {
+            log(&home, &format!("{event}: {e:#}"));
+            // Said to the user, not only to the log: a memory that silently
+            // stops capturing is the failure that matters most.
+            let what = if event == "capture" { "could not capture this turn" } else { "could not load memories" };
+            tell_user(&format!("iai-mcp {what}: {e:#}. Run `iai-mcp status` in a terminal."));
+        }
     }
 }
+
+/// Shown to the user by the host (`systemMessage`: Claude Code and Codex
+/// both display it), never given to the model as context.
+fn tell_user(message: &str) {
+    let out = serde_json::json!({ "systemMessage": message });
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{out}").and_then(|()| stdout.flush());
+}
+
+const LOCKED_AT_START: &str = "iai-mcp memory is locked: no memories were loaded for this session and its turns \
+are not being captured. Run `iai-mcp unlock` in a terminal; the turns are captured at the next prompt after that.";
+const LOCKED_AT_PROMPT: &str = "iai-mcp memory is locked: this turn is not being captured yet. Run `iai-mcp unlock` \
+in a terminal; the session's turns are captured at the next prompt after that.";
 
 fn project_of(input: &Value) -> Option<String> {
     std::env::var("CLAUDE_PROJECT_DIR")
@@ -248,7 +267,13 @@ fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
     let project = project_of(input);
     let mut client = match Client::connect(home) {
         Ok(c) => c,
-        Err(ClientError::Locked) => return Ok("locked: nothing captured, transcript position unchanged".into()),
+        Err(ClientError::Locked) => {
+            // Once per turn: at the prompt, not again when the turn stops.
+            if input["hook_event_name"].as_str() != Some("Stop") {
+                tell_user(LOCKED_AT_PROMPT);
+            }
+            return Ok("locked: nothing captured, transcript position unchanged; the user was told".into());
+        }
         Err(e) => return Err(e.into()),
     };
     let key = format!("transcript:{}", transcript.display());
@@ -342,7 +367,10 @@ fn session_start(home: &Home, input: &Value) -> Result<String> {
     let project = project_of(input);
     let mut client = match Client::connect(home) {
         Ok(c) => c,
-        Err(ClientError::Locked) => return Ok("locked: no prefix".into()),
+        Err(ClientError::Locked) => {
+            tell_user(LOCKED_AT_START);
+            return Ok("locked: no prefix; the user was told".into());
+        }
         Err(e) => return Err(e.into()),
     };
     let hits = client.recent(RecentRequest { project: project.clone(), limit: Some(20) })?.hits;

@@ -162,9 +162,22 @@ def claude(bin_, claude_bin):
         check("claude: the session completed with the stand-in model's reply", reply in out.get("result", ""),
               (r.stdout + r.stderr)[:500])
         model.terminate()
+        model.wait()
         # Claude Code's own record of the conversation (what the model saw is in it by design).
         common_checks("claude", env, bin_, iai, work, home, tmp, log, canary, cue, prompt_word, reply,
                       [os.path.join(home, ".claude", "projects")])
+        # Locked: the user is told, and the model gets no memory.
+        run([bin_, "lock"], env)
+        os.remove(log)
+        os.remove(os.path.join(work, "port"))
+        model, port, log = start_model(work, cue, reply)
+        host_env["ANTHROPIC_BASE_URL"] = f"http://127.0.0.1:{port}"
+        r = run([claude_bin, "-p", "hello while locked", "--output-format", "stream-json", "--verbose"], host_env, cwd=proj)
+        told = [json.loads(l) for l in r.stdout.splitlines() if '"hook_response"' in l and "iai-mcp memory is locked" in l]
+        check("claude: a locked store is said to the user (systemMessage), not silently skipped", bool(told),
+              r.stdout[-600:] + r.stderr[-300:])
+        bodies = [json.dumps(x["body"]) for x in requests(log)]
+        check("claude: a locked store gives the model no memory", bodies and not any("iai-mcp stored" in b for b in bodies))
     finally:
         if model:
             model.terminate()
@@ -215,10 +228,20 @@ env = {{ IAI_MCP_HOME = "{iai}" }}
         check("codex: the session completed with the stand-in model's reply", reply in r.stdout, (r.stdout + r.stderr)[-800:])
         check("codex: the hooks ran", "hook: SessionStart Completed" in r.stderr and "hook: Stop Completed" in r.stderr,
               r.stderr[-800:])
-        model.terminate()
         # Codex's own record of the conversation: rollouts and its thread history database.
         common_checks("codex", env, bin_, iai, work, home, tmp, log, canary, cue, prompt_word, reply,
                       [os.path.join(home, ".codex", "sessions"), os.path.join(home, ".codex", "thread_history")])
+        # Locked: Codex takes our message for the user (hooks complete, none fails), the model gets no memory.
+        run([bin_, "lock"], env)
+        r = run([codex_bin, "exec", "--dangerously-bypass-hook-trust", "--skip-git-repo-check", "-c", 'approval_policy="never"',
+                 "hello while locked"], host_env, cwd=proj)
+        hook_lines = [l for l in r.stderr.splitlines() if l.startswith("hook:")]
+        check("codex: while locked, every hook completes (our output is valid for Codex)",
+              len([l for l in hook_lines if l.endswith("Completed")]) >= 3 and not any("ailed" in l for l in hook_lines),
+              "\n".join(hook_lines))
+        last = requests(log)[-1:]
+        check("codex: a locked store gives the model no memory",
+              bool(last) and "iai-mcp stored" not in json.dumps(last[0]["body"]))
     finally:
         if model:
             model.terminate()

@@ -153,8 +153,17 @@ fn a_locked_store_captures_nothing_and_keeps_the_position() {
     let out = env.capture(&env.codex_transcript(), "s2");
     assert!(out.stdout.is_empty());
     assert!(env.last_log().contains("locked"), "{}", env.last_log());
+    // Locked is said to the user (systemMessage), and no memory goes to the model.
     let start = env.hook("session-start", &json!({"session_id": "s2", "cwd": "/work/lib", "source": "startup"}));
-    assert!(start.stdout.is_empty(), "locked: no prefix");
+    let v: Value = serde_json::from_slice(&start.stdout).expect("a message for the user");
+    assert!(v["systemMessage"].as_str().is_some_and(|m| m.contains("locked") && m.contains("iai-mcp unlock")), "{v}");
+    assert!(v.get("hookSpecificOutput").is_none(), "locked: no context for the model: {v}");
+    let prompt = env.hook(
+        "capture",
+        &json!({"session_id": "s2", "transcript_path": env.codex_transcript(), "cwd": "/work/app", "hook_event_name": "UserPromptSubmit"}),
+    );
+    let v: Value = serde_json::from_slice(&prompt.stdout).expect("a message for the user");
+    assert!(v["systemMessage"].as_str().is_some_and(|m| m.contains("not being captured")), "{v}");
     env.h.unlock();
     env.capture(&env.codex_transcript(), "s2");
     let texts = env.texts();
