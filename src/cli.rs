@@ -702,6 +702,7 @@ fn lock(home: &Home) -> Result<()> {
                 answered.err().unwrap_or_default()
             );
         }
+        note_in_log(home, "cli: locked");
         println!("locked");
         return Ok(());
     }
@@ -725,11 +726,59 @@ fn lock(home: &Home) -> Result<()> {
         bail!("the daemon is hung ({why}) and pid(s) {} survived SIGKILL", still.join(", "));
     }
     let shown: Vec<String> = left.iter().map(u32::to_string).collect();
+    note_in_log(home, &format!("cli: locked (the daemon was hung: {why}; stopped with SIGKILL)"));
     println!(
         "locked: the daemon was hung ({why}); stopped pid(s) {} with SIGKILL (the key left memory with them)",
         shown.join(", ")
     );
     Ok(())
+}
+
+/// Appends a line to the daemon log (so `status` can tell a lock from a crash).
+fn note_in_log(home: &Home, line: &str) {
+    let secs = std::time::SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    if let Ok(mut f) = OpenOptions::new()
+        .append(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(home.log_file())
+    {
+        if f.metadata().is_ok_and(|m| m.is_file()) {
+            let _ = writeln!(f, "{} {line}", iai_policy::log::utc(secs));
+        }
+    }
+}
+
+/// How the last session ended, if not by `lock`: read from the daemon log,
+/// where the keyholder records how its storer ended.
+fn unexpected_end(home: &Home) -> Option<String> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(home.log_file())
+        .ok()?;
+    if !f.metadata().ok()?.is_file() {
+        return None;
+    }
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(64 * 1024))).ok()?;
+    let mut tail = Vec::new();
+    f.take(64 * 1024).read_to_end(&mut tail).ok()?;
+    let tail = String::from_utf8_lossy(&tail);
+    let mut last: Option<String> = None;
+    for line in tail.lines() {
+        if line.contains("storer: ready") || line.contains("cli: locked") || line.contains("lock requested") {
+            last = None;
+        } else if let Some(i) = line.find(iai_keyholder::daemon::SESSION_ENDED) {
+            let how = &line[i + iai_keyholder::daemon::SESSION_ENDED.len()..];
+            last = (how != "exited normally")
+                .then(|| format!("the storer {how} ({})", line.split_whitespace().next().unwrap_or("?")));
+        } else if line.contains("the keyholder has gone away") {
+            last =
+                Some(format!("the keyholder stopped unexpectedly ({})", line.split_whitespace().next().unwrap_or("?")));
+        }
+    }
+    last
 }
 
 /// What `status` reports when the storer cannot answer for itself.
@@ -748,6 +797,20 @@ fn unanswered_state(running: Option<procs::Running>, socket: bool, why: &str) ->
     }
 }
 
+fn locked_text(home: &Home) -> (String, Option<String>) {
+    match unexpected_end(home) {
+        Some(why) => (
+            format!(
+                "locked: the last session did not end by `iai-mcp lock`: {why}; nothing is being captured. \
+                 Run `iai-mcp unlock`; details in {}",
+                home.log_file().display()
+            ),
+            Some(why),
+        ),
+        None => ("locked".to_string(), None),
+    }
+}
+
 fn status(home: &Home, json: bool) -> Result<()> {
     let running = procs::running(home);
     let answer = match Client::connect(home) {
@@ -763,9 +826,16 @@ fn status(home: &Home, json: bool) -> Result<()> {
                 _ => "no socket".to_string(),
             };
             let socket = home.socket().exists() && answer.is_err();
-            let (state, text) = unanswered_state(running, socket, &why);
+            let (state, mut text) = unanswered_state(running, socket, &why);
+            let mut ended = None;
+            if state == "locked" {
+                (text, ended) = locked_text(home);
+            }
             if json {
                 let mut v = serde_json::json!({"state": state, "home": home.root()});
+                if let Some(why) = ended {
+                    v["unexpected_end"] = why.into();
+                }
                 if let Some(r) = running {
                     v["storer_pid"] = r.storer.into();
                     v["keyholder_pid"] = r.keyholder.into();

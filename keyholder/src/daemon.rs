@@ -34,7 +34,17 @@ fn fail(stage: &'static str, message: impl Into<String>) -> Fail {
 /// Runs the keyholder; returns the process exit code.
 pub fn run(home: Home, opts: Options) -> i32 {
     match start(&home, opts) {
-        Ok((stream, sealer, degraded)) => serve(stream, sealer, degraded),
+        Ok((stream, sealer, degraded, mut storer)) => {
+            let code = serve(stream, sealer, degraded);
+            // Why the store stopped serving goes to the log, where `status`
+            // finds it: a storer killed by a signal must not look like a lock.
+            let ended = match storer.wait() {
+                Ok(status) => describe_exit(status),
+                Err(e) => format!("could not be waited for ({e})"),
+            };
+            iai_policy::log!("{SESSION_ENDED}{ended}");
+            code
+        }
         Err(f) => {
             let mut out = std::io::stdout();
             let _ = out.write_all(error_line(f.stage, &f.message).as_bytes());
@@ -45,7 +55,27 @@ pub fn run(home: Home, opts: Options) -> i32 {
     }
 }
 
-fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool), Fail> {
+/// The log line `status` looks for: how the last storer ended.
+pub const SESSION_ENDED: &str = "keyholder: the storer ended: ";
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(0), _) => "exited normally".to_string(),
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(sig)) if sig == nix::libc::SIGSYS => format!(
+            "killed by signal {sig} (SIGSYS: a system call its sandbox does not allow; this is a bug in iai-mcp, \
+             please report it with this log)"
+        ),
+        (None, Some(sig)) => {
+            let name = nix::sys::signal::Signal::try_from(sig).map(|s| s.as_str()).unwrap_or("unknown");
+            format!("killed by signal {sig} ({name})")
+        }
+        (None, None) => "ended for an unknown reason".to_string(),
+    }
+}
+
+fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool, std::process::Child), Fail> {
     iai_policy::harden_process().map_err(|e| fail("sandbox", e.to_string()))?;
     let pass = read_passphrase()?;
     let keyfile = load_keyfile(home)?;
@@ -73,7 +103,7 @@ fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool), Fail>
     if opts.allow_degraded {
         storer.arg("--allow-degraded-sandbox");
     }
-    storer
+    let child = storer
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::inherit())
@@ -91,7 +121,7 @@ fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool), Fail>
     // From here on the storer owns the report to `unlock`; stdin is spent.
     let _ = nix::unistd::close(1);
     let _ = nix::unistd::close(0);
-    Ok((stream, sealer, !applied.degraded.is_empty()))
+    Ok((stream, sealer, !applied.degraded.is_empty(), child))
 }
 
 fn read_passphrase() -> Result<Passphrase, Fail> {

@@ -104,6 +104,8 @@ const KEYHOLDER: &[Syscall] = &[
     sc!(SYS_recvfrom),
     sc!(SYS_sendto),
     sc!(SYS_munlock),
+    // Reaping its one child, the storer, to log how it ended.
+    sc!(SYS_wait4),
     // std checks a descriptor is open before closing it (debug builds).
     sc!(SYS_fcntl, ArgRule::Eq(1, libc::F_GETFD as u64)),
 ];

@@ -159,6 +159,7 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
 
     watch_keyholder(&state)?;
     let mut out = std::io::stdout();
+    iai_policy::log!("storer: ready, serving {} memories", state.index.len());
     let _ = out.write_all(ready_line(std::process::id()).as_bytes());
     let _ = out.flush();
     let _ = nix::unistd::dup2_stdout(&devnull);

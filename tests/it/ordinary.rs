@@ -486,3 +486,38 @@ fn a_cli_recall_answers_with_500_idle_connections_held_open() {
     assert_eq!(reply["result"]["structuredContent"]["memories"][0]["text"], "idlecase remembered", "{line}");
     drop(idle);
 }
+
+/// A role that dies (a signal, a sandbox kill) left the store locked with no
+/// word of why: `status` said "locked" as after `iai-mcp lock`.
+#[test]
+fn status_says_when_the_store_stopped_by_itself_and_why() {
+    let h = TestHome::init_unlocked();
+    crate::support::assert_ok(&h.run(&["lock"]), "lock");
+    let s = status_json(&h);
+    assert_eq!(s["state"], "locked");
+    assert!(s.get("unexpected_end").is_none(), "a lock is not a crash: {s}");
+
+    // SIGSYS is what the sandbox kills with; SIGABRT what a panic under panic=abort raises.
+    for (sig, name) in [(Signal::SIGSYS, "SIGSYS"), (Signal::SIGABRT, "SIGABRT")] {
+        h.unlock();
+        let (kh, st) = h.pids();
+        signal(st, sig);
+        assert!(crate::support::wait_gone(kh, Duration::from_secs(5)), "the keyholder follows its storer");
+        let s = status_json(&h);
+        assert_eq!(s["state"], "locked", "{s}");
+        let why = s["unexpected_end"].as_str().unwrap_or_default().to_string();
+        assert!(why.contains(name), "status names the signal: {s}");
+        let text = crate::support::stdout(&h.run(&["status"]));
+        assert!(text.contains("did not end by `iai-mcp lock`") && text.contains(name), "{text}");
+    }
+    h.unlock();
+    let (kh, st) = h.pids();
+    crate::support::kill9(kh);
+    assert!(crate::support::wait_gone(st, Duration::from_secs(5)));
+    let s = status_json(&h);
+    assert!(s["unexpected_end"].as_str().is_some_and(|w| w.contains("keyholder stopped unexpectedly")), "{s}");
+    // Unlocking again clears it.
+    h.unlock();
+    crate::support::assert_ok(&h.run(&["lock"]), "lock");
+    assert!(status_json(&h).get("unexpected_end").is_none());
+}
