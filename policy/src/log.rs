@@ -32,6 +32,14 @@ pub fn utc(secs: u64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
+/// `eprintln!` that cannot panic: see [`line`].
+#[macro_export]
+macro_rules! log {
+    ($($arg:tt)*) => {
+        $crate::log::line(format_args!($($arg)*))
+    };
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -41,12 +49,4 @@ mod tests {
         assert_eq!(super::utc(1_795_967_535), "2026-11-29T15:52:15Z");
         assert_eq!(super::utc(4_102_444_799), "2099-12-31T23:59:59Z");
     }
-}
-
-/// `eprintln!` that cannot panic: see [`line`].
-#[macro_export]
-macro_rules! log {
-    ($($arg:tt)*) => {
-        $crate::log::line(format_args!($($arg)*))
-    };
 }
