@@ -335,6 +335,9 @@ fn run(cmd: Cmd) -> Result<()> {
                 created_at,
                 ..Default::default()
             };
+            let now =
+                std::time::SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+            req.validate(now).map_err(|e| anyhow!("{}; nothing was stored", e.message))?;
             let r = Client::connect(&home)?.capture(req)?;
             match r.status {
                 CaptureStatus::Inserted => println!("{} inserted", r.id),
@@ -471,6 +474,12 @@ fn text_arg(text: Option<String>) -> Result<String> {
                 .take(iai_storer::proto::MAX_TEXT as u64 + 1)
                 .read_to_end(&mut buf)
                 .context("cannot read the memory from stdin")?;
+            if buf.len() > iai_storer::proto::MAX_TEXT {
+                bail!(
+                    "the memory on stdin is more than {} bytes, the maximum; nothing was stored",
+                    iai_storer::proto::MAX_TEXT
+                );
+            }
             String::from_utf8(buf).map_err(|_| anyhow!("the text on stdin is not valid UTF-8"))
         }
         Some(_) => Ok(text.unwrap_or_default()),

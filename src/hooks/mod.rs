@@ -225,7 +225,10 @@ pub fn allowed_transcript(path: &str, user_home: &Path) -> Result<(PathBuf, Host
     bail!("refused a transcript outside ~/.claude/projects and ~/.codex/sessions")
 }
 
-fn clean_text(text: &str, redact: bool, redactions: &mut usize) -> Option<String> {
+/// The turn's text as it is stored: private spans stripped, secrets redacted,
+/// and split into parts of at most [`MAX_TEXT`] bytes (at a line break where
+/// one is near) so that a long turn is kept whole rather than cut.
+fn clean_text(text: &str, redact: bool, redactions: &mut usize) -> Vec<String> {
     let mut t = redact::strip_private(text);
     if redact {
         let (r, n) = redact::redact_secrets(&t);
@@ -233,16 +236,32 @@ fn clean_text(text: &str, redact: bool, redactions: &mut usize) -> Option<String
         t = r;
     }
     if t.trim().is_empty() {
-        return None;
+        return Vec::new();
     }
-    if t.len() > MAX_TEXT {
-        let mut cut = MAX_TEXT;
-        while !t.is_char_boundary(cut) {
+    split_text(&t, MAX_TEXT)
+}
+
+/// Splits `t` into pieces of at most `max` bytes, each ending at a line break
+/// when there is one in its last quarter, else at a character boundary.
+pub fn split_text(t: &str, max: usize) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut rest = t;
+    while rest.len() > max {
+        let mut cut = max;
+        while !rest.is_char_boundary(cut) {
             cut -= 1;
         }
-        t.truncate(cut);
+        if let Some(nl) = rest[..cut].rfind('\n').filter(|&nl| nl + 1 >= cut - cut / 4) {
+            cut = nl + 1;
+        }
+        parts.push(rest[..cut].to_string());
+        rest = &rest[cut..];
     }
-    Some(t)
+    if !rest.trim().is_empty() || parts.is_empty() {
+        parts.push(rest.to_string());
+    }
+    parts.retain(|p| !p.trim().is_empty());
+    parts
 }
 
 fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
@@ -279,26 +298,40 @@ fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
     let key = format!("transcript:{}", transcript.display());
     let mut start: u64 = client.get_cursor(&key)?.and_then(|v| v.parse().ok()).unwrap_or(0);
     let redact = redact::enabled();
-    let (mut inserted, mut known, mut redactions, mut oversized) = (0, 0, 0, 0);
+    let (mut inserted, mut known, mut redactions, mut oversized, mut split) = (0, 0, 0, 0, 0);
     loop {
         let scan = transcript::scan(&transcript, start, deadline, BATCH)?;
         oversized += scan.oversized;
-        let items: Vec<(CaptureRequest, u64)> = scan
-            .turns
-            .into_iter()
-            .filter_map(|t| {
+        let mut items: Vec<(CaptureRequest, u64)> = Vec::new();
+        let mut before_turn = start;
+        for t in scan.turns {
+            let parts = clean_text(&t.text, redact, &mut redactions);
+            let n = parts.len();
+            if n > 1 {
+                split += 1;
+            }
+            for (i, text) in parts.into_iter().enumerate() {
+                let provenance = match n {
+                    1 => format!("{} transcript", host.name()),
+                    _ => format!("{} transcript, part {} of {n}", host.name(), i + 1),
+                };
                 let req = CaptureRequest {
-                    text: clean_text(&t.text, redact, &mut redactions)?,
+                    text,
                     role: t.role,
                     session: session.clone(),
                     project: project.clone(),
-                    provenance: Some(format!("{} transcript", host.name())),
+                    provenance: Some(provenance),
                     created_at: t.created_at.filter(|&ms| ms > 0 && ms <= now_ms()),
                     ..Default::default()
                 };
-                Some((req, t.end))
-            })
-            .collect();
+                // Only the last part moves the position past the turn; a batch
+                // that ends between parts leaves it before the turn, and the
+                // parts already stored are recognised as known next time.
+                let end = if i + 1 == n { t.end } else { before_turn };
+                items.push((req, end));
+            }
+            before_turn = t.end;
+        }
         if scan.end == start && items.is_empty() {
             break;
         }
@@ -330,7 +363,8 @@ fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
         }
     }
     Ok(format!(
-        "{}: {inserted} new, {known} already known, {redactions} secrets redacted, {oversized} oversized lines skipped",
+        "{}: {inserted} new, {known} already known, {redactions} secrets redacted, {split} long turns kept in parts, \
+         {oversized} oversized lines skipped",
         host.name()
     ))
 }
@@ -406,4 +440,25 @@ pub fn prefix(hits: &[iai_storer::proto::Hit], project: Option<&str>) -> String 
         s.push_str(&line);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_text;
+
+    #[test]
+    fn long_turns_are_split_into_parts_that_fit_and_join_back_whole() {
+        let line = "ünïcödé line of a pasted log\n";
+        let t = line.repeat(40_000);
+        let parts = split_text(&t, 256 * 1024);
+        assert!(parts.len() > 1);
+        assert!(parts.iter().all(|p| p.len() <= 256 * 1024));
+        assert!(parts[..parts.len() - 1].iter().all(|p| p.ends_with('\n')), "cut at line breaks");
+        assert_eq!(parts.concat(), t, "nothing lost");
+        let no_newlines = "é".repeat(200_000);
+        let parts = split_text(&no_newlines, 256 * 1024);
+        assert_eq!(parts.concat(), no_newlines);
+        assert_eq!(split_text("short", 10), vec!["short".to_string()]);
+        assert!(split_text("   ", 10).is_empty());
+    }
 }

@@ -326,8 +326,32 @@ fn replies_larger_than_a_frame_are_cut_to_fit_and_paged_never_dropped() {
     // The CLI pages for the user: asks for 10, gets all six, byte-exact.
     let raw = h.run(&["recall", "bigreply0 bigreply1 bigreply2 bigreply3 bigreply4 bigreply5", "--raw"]);
     crate::support::assert_ok(&raw, "recall --raw of large memories");
-    let texts: Vec<&[u8]> = raw.stdout.split(|b| *b == 0).filter(|t| !t.is_empty()).collect();
+    let mut texts: Vec<&[u8]> = raw.stdout.split(|b| *b == 0).filter(|t| !t.is_empty()).collect();
     assert_eq!(texts.len(), 6, "the CLI follows the pages");
+    texts.sort();
+    let mut want_bytes: Vec<&[u8]> = want.iter().map(|(_, t)| t.as_bytes()).collect();
+    want_bytes.sort();
+    assert!(texts == want_bytes, "the CLI prints every large memory byte for byte");
+
+    // The largest memory, worst case for escaping, captured through the CLI (stdin) comes back exact.
+    let text = worst_text("bigcli", '\u{2}');
+    let mut child = h
+        .cmd(&["capture", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes()).expect("write");
+    crate::support::assert_ok(&child.wait_with_output().expect("wait"), "CLI capture of the largest memory");
+    let raw = h.run(&["recall", "bigcli", "--raw", "--limit", "1"]);
+    assert!(raw.stdout == [text.as_bytes(), b"\0"].concat(), "byte-exact through the CLI");
+    let over =
+        h.cmd(&["capture", "-"]).stdin(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn();
+    let mut over = over.expect("spawn");
+    let _ = std::io::Write::write_all(&mut over.stdin.take().expect("stdin"), &vec![b'a'; 1 << 20]);
+    let out = over.wait_with_output().expect("wait");
+    assert!(!out.status.success());
+    assert!(crate::support::stderr(&out).contains("262144"), "{}", crate::support::stderr(&out));
 
     // Events of many large batches still answer.
     let ev =
