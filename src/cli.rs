@@ -300,8 +300,14 @@ pub fn main() -> ExitCode {
 fn run(cmd: Cmd) -> Result<()> {
     let home = Home::from_env()?;
     match cmd {
-        Cmd::Init { passphrase_fd } => init(&home, passphrase_fd),
-        Cmd::Unlock { passphrase_fd, allow_degraded_sandbox } => unlock(&home, passphrase_fd, allow_degraded_sandbox),
+        Cmd::Init { passphrase_fd } => {
+            holds_secrets()?;
+            init(&home, passphrase_fd)
+        }
+        Cmd::Unlock { passphrase_fd, allow_degraded_sandbox } => {
+            holds_secrets()?;
+            unlock(&home, passphrase_fd, allow_degraded_sandbox)
+        }
         Cmd::Lock => lock(&home),
         Cmd::Audit { .. } | Cmd::Hook { .. } | Cmd::Hooks { .. } => {
             unreachable!("handled in main for their own exit codes")
@@ -456,6 +462,13 @@ fn audit(json: bool) -> ExitCode {
             }
         }
     }
+}
+
+/// `init` and `unlock` hold the passphrase (and `init` the new data key):
+/// from here on this process cannot be traced or read through `/proc` by
+/// other processes of the user, and never writes a core dump.
+fn holds_secrets() -> Result<()> {
+    iai_policy::harden_process().context("cannot protect this process while it holds the passphrase")
 }
 
 /// An RFC 3339 time as milliseconds since the epoch.

@@ -40,26 +40,23 @@ fn from_fd(fd: i32) -> Result<Passphrase> {
     let file =
         crate::sys::dup_inherited(fd).with_context(|| format!("--passphrase-fd {fd}: descriptor is not open"))?;
     // Stop at the first newline: a pipe that stays open must not block us.
-    let mut buf = Zeroizing::new(Vec::new());
-    let mut chunk = Zeroizing::new([0u8; 256]);
+    // A fixed buffer: a growing one would leave unwiped copies behind.
+    let mut buf = Zeroizing::new([0u8; MAX_PASSPHRASE_BYTES + 2]);
+    let mut len = 0;
     let mut file = file;
-    while !buf.contains(&b'\n') && buf.len() <= MAX_PASSPHRASE_BYTES {
-        let n = match file.read(chunk.as_mut()) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+    while len < buf.len() && !buf[..len].contains(&b'\n') {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).with_context(|| format!("--passphrase-fd {fd}: cannot read")),
-        };
-        if n == 0 {
-            break;
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
-    let end = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
-    let mut line = buf[..end].to_vec();
-    if line.last() == Some(&b'\r') {
-        line.pop();
+    let mut end = buf[..len].iter().position(|&b| b == b'\n').unwrap_or(len);
+    if end > 0 && buf[end - 1] == b'\r' {
+        end -= 1;
     }
-    Ok(Passphrase::new(line))
+    Ok(Passphrase::from_slice(&buf[..end]))
 }
 
 fn prompt(new: bool) -> Result<Passphrase> {
@@ -77,5 +74,5 @@ fn prompt(new: bool) -> Result<Passphrase> {
             bail!("the two passphrases differ; nothing was changed");
         }
     }
-    Ok(Passphrase::new(first.as_bytes().to_vec()))
+    Ok(Passphrase::from_slice(first.as_bytes()))
 }

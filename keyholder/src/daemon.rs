@@ -124,17 +124,26 @@ fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool, std::p
     Ok((stream, sealer, !applied.degraded.is_empty(), child))
 }
 
+/// Reads the passphrase from stdin unbuffered, into a fixed buffer pinned in
+/// RAM and wiped on drop: std's stdin would keep a copy in its process-wide
+/// buffer for the keyholder's whole life.
 fn read_passphrase() -> Result<Passphrase, Fail> {
-    let mut buf = Vec::new();
-    std::io::stdin()
-        .take(MAX_PASSPHRASE_BYTES as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| fail("passphrase", format!("could not read the passphrase: {e}")))?;
-    let pass = Passphrase::new(buf);
-    if pass.expose().len() > MAX_PASSPHRASE_BYTES {
+    let mut buf = zeroize::Zeroizing::new([0u8; MAX_PASSPHRASE_BYTES + 1]);
+    // Best effort: a buffer that cannot be pinned is still wiped.
+    let _ = crate::sys::pin_secret(buf.as_ptr(), buf.len());
+    let mut len = 0;
+    while len < buf.len() {
+        match nix::unistd::read(std::io::stdin(), &mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(fail("passphrase", format!("could not read the passphrase: {e}"))),
+        }
+    }
+    if len > MAX_PASSPHRASE_BYTES {
         return Err(fail("passphrase", format!("the passphrase is longer than {MAX_PASSPHRASE_BYTES} bytes")));
     }
-    Ok(pass)
+    Ok(Passphrase::from_slice(&buf[..len]))
 }
 
 /// Opens `.key` without following links and checks it is what `init` made.

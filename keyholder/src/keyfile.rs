@@ -33,9 +33,16 @@ pub const MAX_PASSPHRASE_BYTES: usize = 4096;
 pub struct Passphrase(SecretBox<[u8]>);
 
 impl Passphrase {
-    /// Takes the bytes as they are (no trimming).
-    pub fn new(bytes: Vec<u8>) -> Self {
-        Passphrase(SecretBox::new(bytes.into_boxed_slice()))
+    /// Takes the bytes as they are (no trimming). The vector is wiped.
+    pub fn new(mut bytes: Vec<u8>) -> Self {
+        let pass = Self::from_slice(&bytes);
+        zeroize::Zeroize::zeroize(&mut bytes);
+        pass
+    }
+    /// Copies the bytes into one allocation of exactly their size (no
+    /// reallocation can leave an unwiped copy behind).
+    pub fn from_slice(bytes: &[u8]) -> Self {
+        Passphrase(SecretBox::new(Box::from(bytes)))
     }
     pub fn expose(&self) -> &[u8] {
         self.0.expose_secret()

@@ -80,8 +80,16 @@ pub enum SealError {
     Random,
 }
 
+/// The AES key schedule inside [`Aes256Gcm`] is wiped on drop only with the
+/// `aes` crate's `zeroize` feature; this fails to compile without it.
+const _: fn() = || {
+    fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>() {}
+    wiped_on_drop::<aes::Aes256>();
+};
+
 /// Holds the data key's working forms: the AES key schedule and the tag
-/// subkey. No Debug; every part is wiped on drop.
+/// subkey. No Debug; every part is wiped on drop (the AES schedule by the
+/// `aes` crate's `zeroize` feature, checked above and in CI with GHASH's).
 pub struct Sealer {
     key_id: KeyId,
     aead: Box<Aes256Gcm>,

@@ -9,5 +9,6 @@ mod mcp;
 mod ordinary;
 mod plaintext;
 mod protocol;
+mod secrets;
 mod support;
 mod uid;

@@ -1,0 +1,76 @@
+//! Secrets in memory (issue 10.5): the passphrase must not outlive its use in
+//! any process, and the CLI that holds it must not be traceable.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::{TestHome, PASS};
+
+/// Every readable, writable mapping of `pid` (as root, which may read a
+/// non-dumpable process's memory).
+fn memory_of(pid: u32) -> Vec<u8> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem");
+    let mut all = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else { continue };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else { continue };
+        let (a, b) = (u64::from_str_radix(a, 16).expect("hex"), u64::from_str_radix(b, 16).expect("hex"));
+        let mut buf = vec![0u8; (b - a) as usize];
+        if mem.seek(SeekFrom::Start(a)).is_ok() && mem.read_exact(&mut buf).is_ok() {
+            all.extend_from_slice(&buf);
+        }
+    }
+    all
+}
+
+/// The keyholder read its passphrase through std's stdin, whose process-wide
+/// buffer kept a copy for the keyholder's whole life.
+#[test]
+fn the_passphrase_is_nowhere_in_the_keyholders_memory_after_unlock() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: reading another process's memory needs root");
+        return;
+    }
+    let h = TestHome::init_unlocked();
+    let (kh, st) = h.pids();
+    for (name, pid) in [("keyholder", kh), ("storer", st)] {
+        let mem = memory_of(pid);
+        assert!(mem.len() > 100_000, "read {} bytes of the {name}", mem.len());
+        let found = mem.windows(PASS.len()).any(|w| w == PASS.as_bytes());
+        assert!(!found, "the passphrase is still in the {name}'s memory");
+    }
+}
+
+/// `unlock` holds the passphrase: it must be non-dumpable (no ptrace, no
+/// /proc reads by the user's other processes) and write no core file.
+#[test]
+fn unlock_is_not_traceable_while_it_holds_the_passphrase() {
+    let h = TestHome::new_as(65534);
+    h.init();
+    // unlock waits for its passphrase on a pipe we keep open and silent.
+    let mut child = h
+        .cmd(&["unlock", "--passphrase-fd", "0"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn unlock");
+    let pid = child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    // Non-dumpable: the kernel makes /proc/PID/* root's.
+    let meta = std::fs::metadata(format!("/proc/{pid}/environ")).expect("environ");
+    assert_eq!(meta.uid(), 0, "unlock (uid 65534) must be non-dumpable while it reads the passphrase");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).expect("core line");
+    assert_eq!(core.split_whitespace().nth(4), Some("0"), "{core}");
+    // Then it finishes its job normally.
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), format!("{PASS}\n").as_bytes()).expect("write");
+    assert!(child.wait().expect("wait").success());
+}
