@@ -20,7 +20,7 @@ use iai_storer::proto::{
 };
 
 use crate::passphrase;
-use crate::procs;
+use iai_policy::procs;
 
 const AFTER_HELP: &str = "\
 Files live in ~/.iai-mcp (or $IAI_MCP_HOME). Exit status: 0 success, 1 error, 3 the store is locked.
@@ -312,20 +312,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Audit { .. } | Cmd::Hook { .. } | Cmd::Hooks { .. } => {
             unreachable!("handled in main for their own exit codes")
         }
-        Cmd::Mcp { allow_degraded_sandbox } => {
-            // Locked down before the runtime or any thread exists: the shim
-            // parses the host's input and needs no file, only the storer socket.
-            let opts = iai_policy::Options { allow_degraded: allow_degraded_sandbox };
-            let applied = iai_policy::apply(&iai_policy::Sandbox::shim(), &[], opts)
-                .context("the MCP server refuses to start without its sandbox")?;
-            for d in &applied.degraded {
-                eprintln!("iai-mcp mcp: WARNING: sandbox degraded: {d}");
-            }
-            match iai_shim::run(home) {
-                0 => Ok(()),
-                _ => bail!("the MCP session ended with an error"),
-            }
-        }
+        Cmd::Mcp { allow_degraded_sandbox } => start_mcp(&home, allow_degraded_sandbox),
         Cmd::Status { json } => status(&home, json),
         Cmd::Capture { text, tier, role, session, cue, tags, project, at } => {
             let text = text_arg(text)?;
@@ -462,6 +449,67 @@ fn audit(json: bool) -> ExitCode {
             }
         }
     }
+}
+
+/// `iai-mcp mcp`: starts the connector, then becomes the shim. Both are this
+/// binary re-executed with an empty environment (the host's, which may hold
+/// `IAI_MCP_PASSPHRASE` or anything else, goes no further): the connector
+/// gets one end of a socketpair and the storer's path; this process keeps its
+/// pid and stdio for the host and becomes `__shim` with the other end.
+fn start_mcp(home: &Home, allow_degraded: bool) -> Result<()> {
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::os::fd::AsRawFd;
+    let (shim_end, connector_end) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)
+        .context("cannot create the connector's socketpair")?;
+    inheritable(&connector_end)?;
+    let mut connector = Command::new("/proc/self/exe");
+    connector.arg("__connector").arg("--home").arg(home.root());
+    connector.arg("--connector-fd").arg(connector_end.as_raw_fd().to_string());
+    if allow_degraded {
+        connector.arg("--allow-degraded-sandbox");
+    }
+    connector.env_clear().stdin(Stdio::null()).stdout(Stdio::null()).spawn().context("cannot start the connector")?;
+    drop(connector_end);
+    inheritable(&shim_end)?;
+    let mut shim = Command::new("/proc/self/exe");
+    shim.arg("__shim").arg("--home").arg(home.root());
+    shim.arg("--connector-fd").arg(shim_end.as_raw_fd().to_string());
+    if allow_degraded {
+        shim.arg("--allow-degraded-sandbox");
+    }
+    // Only returns on failure.
+    let err = shim.env_clear().exec();
+    Err(err).context("cannot start the MCP server")
+}
+
+fn inheritable(fd: &std::os::fd::OwnedFd) -> Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).context("cannot pass a descriptor to a child")?;
+    Ok(())
+}
+
+/// The `__shim` role: locked down before its runtime or any thread exists.
+/// It parses the host's input and needs no file and no socket of its own.
+pub fn shim_role(_home: Home, connector_fd: i32, opts: iai_policy::Options) -> i32 {
+    let connector = match iai_storer::connector::Connector::adopt(connector_fd) {
+        Ok(c) => c,
+        Err(e) => {
+            iai_policy::log!("iai-mcp mcp: the connector's descriptor: {e}");
+            return 2;
+        }
+    };
+    match iai_policy::apply(&iai_policy::Sandbox::shim(), &[connector_fd], opts) {
+        Ok(applied) => {
+            for d in &applied.degraded {
+                iai_policy::log!("iai-mcp mcp: WARNING: sandbox degraded: {d}");
+            }
+        }
+        Err(e) => {
+            iai_policy::log!("iai-mcp mcp: the MCP server refuses to start without its sandbox: {e}");
+            return 1;
+        }
+    }
+    iai_shim::run(iai_shim::Reach::Connector(connector))
 }
 
 /// `init` and `unlock` hold the passphrase (and `init` the new data key):

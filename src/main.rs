@@ -6,7 +6,6 @@
 mod cli;
 mod hooks;
 mod passphrase;
-mod procs;
 mod roles;
 mod sys;
 

@@ -6,16 +6,18 @@ use std::path::PathBuf;
 
 use iai_policy::{Home, Options};
 
-/// The role arguments: `--home PATH [--keyholder-fd N] [--allow-degraded-sandbox]`.
+/// The role arguments: `--home PATH [--keyholder-fd N] [--connector-fd N] [--allow-degraded-sandbox]`.
 struct RoleArgs {
     home: Home,
     keyholder_fd: Option<i32>,
+    connector_fd: Option<i32>,
     opts: Options,
 }
 
 fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
     let mut home = None;
     let mut keyholder_fd = None;
+    let mut connector_fd = None;
     let mut opts = Options::default();
     let mut args = args;
     while let Some(a) = args.next() {
@@ -27,12 +29,18 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
                     return Err("--keyholder-fd needs a number".into());
                 }
             }
+            Some("--connector-fd") => {
+                connector_fd = args.next().and_then(|v| v.to_str().and_then(|s| s.parse().ok()));
+                if connector_fd.is_none() {
+                    return Err("--connector-fd needs a number".into());
+                }
+            }
             Some("--allow-degraded-sandbox") => opts.allow_degraded = true,
             _ => return Err(format!("unexpected role argument {a:?}")),
         }
     }
     let home = Home::new(home.ok_or("--home is required")?).map_err(|e| e.to_string())?;
-    Ok(RoleArgs { home, keyholder_fd, opts })
+    Ok(RoleArgs { home, keyholder_fd, connector_fd, opts })
 }
 
 /// Runs a daemon role if argv[1] names one; returns its exit code.
@@ -45,6 +53,20 @@ pub fn dispatch() -> Option<u8> {
             Some(fd) => iai_storer::daemon::run(a.home, fd, a.opts),
             None => {
                 iai_policy::log!("iai-mcp: the storer role needs --keyholder-fd");
+                2
+            }
+        },
+        "__connector" => |a| match a.connector_fd {
+            Some(fd) => iai_storer::connector::run(a.home, fd, a.opts),
+            None => {
+                iai_policy::log!("iai-mcp: the connector role needs --connector-fd");
+                2
+            }
+        },
+        "__shim" => |a| match a.connector_fd {
+            Some(fd) => crate::cli::shim_role(a.home, fd, a.opts),
+            None => {
+                iai_policy::log!("iai-mcp: the shim role needs --connector-fd");
                 2
             }
         },

@@ -136,10 +136,16 @@ pub fn role_checks(name: &str, pid: u32, f: &RoleFacts, sandbox: &Sandbox, net: 
             format!("pid {pid}: IAI_MCP_PASSPHRASE is in its environment"),
             "restart it from a shell without IAI_MCP_PASSPHRASE set",
         ),
+        Some(env) if env.iter().all(|&b| b == 0) => {
+            Check::pass(id("environment"), format!("pid {pid}: its environment is empty"))
+        }
         Some(_) => Check::pass(id("environment"), format!("pid {pid}: no passphrase in its environment")),
-        None => Check::pass(
+        // Not seen, so not passed: the roles clear their environment, but
+        // this audit could not read it to check.
+        None => Check::warn(
             id("environment"),
-            format!("pid {pid}: environment private to the process (roles start with an empty environment)"),
+            format!("pid {pid}: its environment cannot be read (the process is not dumpable)"),
+            "run `iai-mcp audit` as root to check it",
         ),
     });
     out.push(if f.uid == 0 {
@@ -150,26 +156,18 @@ pub fn role_checks(name: &str, pid: u32, f: &RoleFacts, sandbox: &Sandbox, net: 
     out
 }
 
-/// `iai-mcp mcp` processes of this user: found by their command line.
-fn shim_pids(uid: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir("/proc") else { return out };
-    for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<&[u8]> = cmd.split(|&b| b == 0).collect();
-        let is_shim = args.len() >= 2 && args[0].ends_with(b"iai-mcp") && args[1] == b"mcp";
-        if is_shim && read_facts(pid).is_some_and(|f| f.uid == uid) {
-            out.push(pid);
-        }
-    }
-    out
-}
-
+/// The running roles of this home, taken from the kernel (the pid file's
+/// lock, `/proc/PID/cmdline` and `PPid`), never from the storer's own report;
+/// the storer's report is compared with them.
 pub fn check(home: &Home, uid: u32) -> Vec<Check> {
+    let _ = uid;
     let mut out = Vec::new();
     let net = network_inodes();
-    let stats = match Client::connect(home).and_then(|mut c| c.stats()) {
+    let running = iai_policy::procs::running(home);
+    let stats = match Client::connect(home).and_then(|mut c| {
+        c.set_timeout(std::time::Duration::from_secs(5))?;
+        c.stats()
+    }) {
         Ok(s) => Some(s),
         Err(ClientError::Locked) => None,
         Err(e) => {
@@ -177,37 +175,72 @@ pub fn check(home: &Home, uid: u32) -> Vec<Check> {
             None
         }
     };
-    match &stats {
-        None => out.push(Check::pass("daemon.state", "locked: no process holds the key")),
-        Some(s) => {
+    match running {
+        None => {
+            out.push(Check::pass("daemon.state", "locked: no process holds the key (no storer holds the home's lock)"))
+        }
+        Some(r) => {
+            let kh = r.keyholder;
             out.push(Check::pass(
                 "daemon.state",
-                format!("unlocked: keyholder pid {}, storer pid {}", s.keyholder_pid, s.storer_pid),
+                format!(
+                    "unlocked: storer pid {}{} (from the kernel: the pid file's lock and /proc)",
+                    r.storer,
+                    kh.map(|k| format!(", keyholder pid {k}")).unwrap_or_default()
+                ),
             ));
-            out.push(if s.degraded.is_empty() {
-                Check::pass("daemon.degraded", "keyholder and storer run with their full sandbox")
+            if let Some(s) = &stats {
+                if s.storer_pid != r.storer || Some(s.keyholder_pid) != kh {
+                    out.push(Check::fail(
+                        "daemon.identity",
+                        format!(
+                            "the process answering on the socket says it is storer {} with keyholder {}, but the kernel \
+                             shows storer {}{}",
+                            s.storer_pid,
+                            s.keyholder_pid,
+                            r.storer,
+                            kh.map(|k| format!(" with keyholder {k}")).unwrap_or_default()
+                        ),
+                        "`iai-mcp lock`, then `iai-mcp unlock`; find out what else listens on the socket",
+                    ));
+                }
+            }
+            // Degraded mode as the kernel knows it: the flag the roles were started with.
+            let pids: Vec<u32> = std::iter::once(r.storer).chain(kh).collect();
+            let degraded: Vec<u32> = pids
+                .iter()
+                .copied()
+                .filter(|&p| iai_policy::procs::cmdline(p).iter().any(|a| a == "--allow-degraded-sandbox"))
+                .collect();
+            let reported = stats.as_ref().map(|s| s.degraded.clone()).unwrap_or_default();
+            out.push(if degraded.is_empty() && reported.is_empty() {
+                Check::pass("daemon.degraded", "keyholder and storer were started with their full sandbox")
             } else {
                 Check::fail(
                     "daemon.degraded",
-                    format!("started with --allow-degraded-sandbox: {}", s.degraded.join("; ")),
+                    format!("started with --allow-degraded-sandbox (pids {degraded:?}): {}", reported.join("; ")),
                     "`iai-mcp lock`, then `iai-mcp unlock` without --allow-degraded-sandbox on a kernel with Landlock ABI 6",
                 )
             });
-            for (role, pid) in [(Role::Keyholder, s.keyholder_pid), (Role::Storer, s.storer_pid)] {
-                match read_facts(pid) {
-                    Some(f) => out.extend(role_checks(role.name(), pid, &f, &Sandbox::of(role, home), &net)),
+            let roles = [(Role::Storer, Some(r.storer)), (Role::Keyholder, kh)];
+            for (role, pid) in roles {
+                match pid.and_then(|p| read_facts(p).map(|f| (p, f))) {
+                    Some((p, f)) => out.extend(role_checks(role.name(), p, &f, &Sandbox::of(role, home), &net)),
                     None => out.push(Check::fail(
                         format!("role.{}.running", role.name()),
-                        format!("pid {pid} is gone"),
-                        "run `iai-mcp status`; unlock again if needed",
+                        format!("the {} of this home is not running", role.name()),
+                        "run `iai-mcp status`; `iai-mcp lock` and unlock again if needed",
                     )),
                 }
             }
         }
     }
-    for pid in shim_pids(uid) {
-        if let Some(f) = read_facts(pid) {
-            out.extend(role_checks("shim", pid, &f, &Sandbox::shim(), &net));
+    // The MCP servers and their connectors serving this home (not another's).
+    for (role, arg) in [(Role::Shim, "__shim"), (Role::Connector, "__connector")] {
+        for pid in iai_policy::procs::role_pids(arg, home.root()) {
+            if let Some(f) = read_facts(pid) {
+                out.extend(role_checks(role.name(), pid, &f, &Sandbox::of(role, home), &net));
+            }
         }
     }
     out
@@ -226,7 +259,7 @@ mod tests {
             proc_owner: 0,
             core_limit: Some(("0".into(), "0".into())),
             socket_inodes: None,
-            environ: None,
+            environ: Some(Vec::new()),
         }
     }
 
@@ -238,6 +271,14 @@ mod tests {
     #[test]
     fn a_hardened_role_passes_everything() {
         assert!(statuses(&hardened()).iter().all(|(_, s)| *s == crate::Status::Pass), "{:?}", statuses(&hardened()));
+    }
+
+    /// Issue 10.3: what the audit could not see is not passed.
+    #[test]
+    fn an_environment_that_cannot_be_read_is_not_passed() {
+        let mut f = hardened();
+        f.environ = None;
+        assert!(statuses(&f).iter().any(|(i, s)| i == "role.keyholder.environment" && *s == crate::Status::Warn));
     }
 
     #[test]

@@ -23,6 +23,7 @@ compile_error!(
 
 pub mod layout;
 pub mod log;
+pub mod procs;
 mod sys;
 pub mod syscalls;
 
@@ -52,6 +53,9 @@ pub enum Role {
     Keyholder,
     Storer,
     Shim,
+    /// The shim's only way out: it connects to the storer's socket, by the
+    /// one path it was started with, and hands the shim the descriptor.
+    Connector,
 }
 
 impl Role {
@@ -60,6 +64,7 @@ impl Role {
             Role::Keyholder => "keyholder",
             Role::Storer => "storer",
             Role::Shim => "shim",
+            Role::Connector => "connector",
         }
     }
 }
@@ -98,10 +103,19 @@ impl Sandbox {
         }
     }
 
-    /// The MCP shim: no filesystem (it reaches the storer's socket by path,
-    /// which Landlock ABI 6 does not govern), AF_UNIX sockets only, no exec.
+    /// The MCP shim: no filesystem, no socket of its own, no exec. It
+    /// receives connections to the storer, already made, from its connector
+    /// (Landlock ABI 6 does not govern connecting to a pathname socket, so a
+    /// shim allowed `connect` could reach any socket on the machine).
     pub fn shim() -> Self {
         Sandbox { role: Role::Shim, fs: FsView::Nothing, allow: syscalls::shim(), refuse: syscalls::shim_refusals() }
+    }
+
+    /// The shim's connector: no filesystem, AF_UNIX sockets and `connect`
+    /// (to the storer's socket, the one path it holds; it parses nothing but
+    /// a one-byte request), `sendmsg` to pass the descriptor, no exec.
+    pub fn connector() -> Self {
+        Sandbox { role: Role::Connector, fs: FsView::Nothing, allow: syscalls::connector(), refuse: Vec::new() }
     }
 
     /// The declaration of `role` (the storer's paths derive from `home`).
@@ -110,6 +124,7 @@ impl Sandbox {
             Role::Keyholder => Sandbox::keyholder(),
             Role::Storer => Sandbox::storer(home),
             Role::Shim => Sandbox::shim(),
+            Role::Connector => Sandbox::connector(),
         }
     }
 
@@ -405,7 +420,7 @@ mod tests {
     #[test]
     fn allow_lists_compile() {
         let home = Home::new("/tmp/h".into()).expect("valid home");
-        for sb in [Sandbox::keyholder(), Sandbox::storer(&home), Sandbox::shim()] {
+        for sb in [Sandbox::keyholder(), Sandbox::storer(&home), Sandbox::shim(), Sandbox::connector()] {
             let progs = compile(&sb).expect("compiles");
             assert_eq!(progs.len(), 1 + sb.refuse.len());
             assert!(!sb.allows_network_sockets(), "{:?} may open network sockets", sb.role);
@@ -420,6 +435,7 @@ mod tests {
             (Sandbox::keyholder(), "keyholder.txt"),
             (Sandbox::storer(&home), "storer.txt"),
             (Sandbox::shim(), "shim.txt"),
+            (Sandbox::connector(), "connector.txt"),
         ] {
             let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("snapshots").join(file);
             let rendered = sb.render(Some(&home));

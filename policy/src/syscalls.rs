@@ -154,9 +154,11 @@ const STORER: &[Syscall] = &[
     sc!(SYS_dup3),
 ];
 
-/// The MCP shim: stdio, one UNIX-socket connection to the storer at a time
-/// (`socket` only for AF_UNIX), a small async runtime with worker threads.
-/// Landlock denies every file, so `openat` can only fail with EACCES.
+/// The MCP shim: stdio, connections to the storer that its connector makes
+/// and passes over (`recvmsg` with SCM_RIGHTS): no `socket`, no `connect`, so
+/// it can reach no socket on the machine by itself. A small async runtime
+/// with worker threads. Landlock denies every file, so `openat` can only fail
+/// with EACCES.
 const SHIM: &[Syscall] = &[
     sc!(SYS_read),
     sc!(SYS_write),
@@ -166,9 +168,8 @@ const SHIM: &[Syscall] = &[
     sc!(SYS_sendto),
     sc!(SYS_recvmsg),
     sc!(SYS_sendmsg),
-    sc!(SYS_socket, ArgRule::Eq(0, libc::AF_UNIX as u64)),
+    // The runtime's signal driver makes an unnamed pair; a pair reaches nothing.
     sc!(SYS_socketpair, ArgRule::Eq(0, libc::AF_UNIX as u64)),
-    sc!(SYS_connect),
     sc!(SYS_getsockopt),
     sc!(SYS_setsockopt),
     sc!(SYS_shutdown),
@@ -193,6 +194,21 @@ const SHIM: &[Syscall] = &[
     sc!(SYS_getuid),
 ];
 
+/// The connector: a blocking loop over its socketpair with the shim. Per
+/// request it makes one AF_UNIX socket, connects it to the storer's path and
+/// passes it over with SCM_RIGHTS. No threads, no files, no exec.
+const CONNECTOR: &[Syscall] = &[
+    sc!(SYS_read),
+    sc!(SYS_write),
+    sc!(SYS_recvfrom),
+    sc!(SYS_sendto),
+    sc!(SYS_sendmsg),
+    sc!(SYS_socket, ArgRule::Eq(0, libc::AF_UNIX as u64)),
+    sc!(SYS_connect),
+    sc!(SYS_setsockopt),
+    sc!(SYS_fcntl),
+];
+
 /// The keyholder's full allow-list: runtime plus its own calls.
 pub fn keyholder() -> Vec<Syscall> {
     RUNTIME.iter().chain(KEYHOLDER).copied().collect()
@@ -204,6 +220,10 @@ pub fn storer() -> Vec<Syscall> {
 
 pub fn shim() -> Vec<Syscall> {
     RUNTIME.iter().chain(THREADS).chain(SHIM).copied().collect()
+}
+
+pub fn connector() -> Vec<Syscall> {
+    RUNTIME.iter().chain(CONNECTOR).copied().collect()
 }
 
 /// The shim starts threads like the storer.
@@ -259,7 +279,7 @@ mod tests {
             libc::SYS_bind,
             libc::SYS_listen,
         ];
-        for list in [keyholder(), storer(), shim()] {
+        for list in [keyholder(), storer(), shim(), connector()] {
             for call in &list {
                 assert!(!forbidden.contains(&call.nr), "{} must not be allowed", call.name());
                 if call.nr == libc::SYS_socket {
@@ -267,7 +287,9 @@ mod tests {
                 }
             }
         }
-        for list in [keyholder(), storer()] {
+        // Only the connector may make a connection; the shim, which parses
+        // the host's input, cannot reach any socket by itself.
+        for list in [keyholder(), storer(), shim()] {
             assert!(!list.iter().any(|c| [libc::SYS_socket, libc::SYS_connect].contains(&c.nr)));
         }
         for call in keyholder() {

@@ -59,7 +59,17 @@ const CASES: &[Case] = &[
     case("shim-exec", false, Expect::Sigsys),
     case("shim-fork", true, Expect::Sigsys),
     case("shim-ptrace-sibling", true, Expect::Sigsys),
-    case("shim-unix-connect-and-threads", true, Expect::Allowed),
+    // Issue 10.1: the shim cannot reach any socket by itself, not even the
+    // storer's; a listener outside the home stands for the session bus.
+    case("shim-unix-connect-elsewhere", false, Expect::Sigsys),
+    case("shim-unix-connect-elsewhere", true, Expect::Sigsys),
+    case("shim-unix-connect-storer", true, Expect::Sigsys),
+    case("shim-receive-connection-and-threads", true, Expect::Allowed),
+    case("connector-connect-storer", true, Expect::Allowed),
+    case("connector-open-file", true, Expect::Sigsys),
+    case("connector-tcp-socket", false, Expect::Sigsys),
+    case("connector-exec", true, Expect::Sigsys),
+    case("connector-fork", false, Expect::Sigsys),
 ];
 
 fn main() {
@@ -118,6 +128,9 @@ fn fixture(nobody: bool) -> tempfile::TempDir {
         std::fs::create_dir(&d).expect("mkdir");
         std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     }
+    // Somewhere outside the home where any uid may bind a socket.
+    std::fs::create_dir(dir.path().join("elsewhere")).expect("mkdir");
+    std::fs::set_permissions(dir.path().join("elsewhere"), std::fs::Permissions::from_mode(0o777)).expect("chmod");
     std::fs::write(h.join(".key"), b"not a real key").expect("key");
     std::fs::set_permissions(h.join(".key"), std::fs::Permissions::from_mode(0o600)).expect("chmod");
     if nobody {
@@ -154,14 +167,20 @@ fn child(name: &str, root: &Path, nobody: bool, sibling: Option<i32>) -> ! {
         "keyholder" => Sandbox::keyholder(),
         "storer" => Sandbox::storer(&home),
         "shim" => Sandbox::shim(),
+        "connector" => Sandbox::connector(),
         other => panic!("unknown role {other}"),
     };
     // The keyholder keeps one end of a socketpair, as in production; the
     // shim's storer is a listener bound before the sandbox.
     let (a, b) = std::os::unix::net::UnixStream::pair().expect("pair");
     let listener = std::os::unix::net::UnixListener::bind(home.socket()).expect("bind");
+    // Outside the home, as the session bus or docker.sock would be.
+    let bus_path = root.parent().expect("parent").join("elsewhere").join("bus.sock");
+    let bus = std::os::unix::net::UnixListener::bind(&bus_path).expect("bind the stand-in bus");
+    // A connection made before the sandbox, to hand over as the connector does.
+    let made = std::os::unix::net::UnixStream::connect(home.socket()).expect("connect before the sandbox");
     use std::os::fd::AsRawFd;
-    let keep = [a.as_raw_fd(), b.as_raw_fd(), listener.as_raw_fd()];
+    let keep = [a.as_raw_fd(), b.as_raw_fd(), listener.as_raw_fd(), bus.as_raw_fd(), made.as_raw_fd()];
     iai_policy::apply(&sandbox, &keep, Options::default()).expect("apply sandbox");
     match op {
         "open-file" | "open-outside" => exit_with(std::fs::File::open("/etc/hostname")),
@@ -192,13 +211,37 @@ fn child(name: &str, root: &Path, nobody: bool, sibling: Option<i32>) -> ! {
             b.read_exact(&mut buf).expect("read");
             std::process::exit(if &buf == b"ping" { 0 } else { 1 })
         }
-        "unix-connect-and-threads" => {
-            let socket = home.socket();
-            let t = std::thread::spawn(move || std::os::unix::net::UnixStream::connect(socket).is_ok());
-            // The listener's backlog completes the connection; the shim never accepts.
-            let connected = t.join().expect("thread");
+        "unix-connect-elsewhere" => exit_with(std::os::unix::net::UnixStream::connect(&bus_path)),
+        "unix-connect-storer" => exit_with(std::os::unix::net::UnixStream::connect(home.socket())),
+        "connect-storer" => {
+            // The connector's job: connect by the one path, pass it on.
+            let s = std::os::unix::net::UnixStream::connect(home.socket());
             drop(listener);
-            std::process::exit(if connected { 0 } else { 1 })
+            exit_with(s)
+        }
+        "receive-connection-and-threads" => {
+            // The shim's side: a connection arrives over SCM_RIGHTS, on a thread.
+            use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+            let fds = [made.as_raw_fd()];
+            let sent = sendmsg::<()>(
+                a.as_raw_fd(),
+                &[std::io::IoSlice::new(&[0])],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::empty(),
+                None,
+            );
+            let t = std::thread::spawn(move || {
+                let mut byte = [0u8; 1];
+                let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+                let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+                let msg = recvmsg::<()>(b.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
+                    .expect("recvmsg");
+                let got =
+                    msg.cmsgs().expect("cmsgs").any(|c| matches!(c, ControlMessageOwned::ScmRights(f) if f.len() == 1));
+                got
+            });
+            let received = t.join().expect("thread");
+            std::process::exit(if sent.is_ok() && received { 0 } else { 1 })
         }
         "store-and-threads" => {
             let path: PathBuf = home.store_dir().join("probe.db");

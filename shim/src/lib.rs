@@ -1,8 +1,9 @@
 //! The iai-mcp MCP server (`iai-mcp mcp`): a thin stdio front for MCP hosts
 //! such as Claude Code and Codex.
 //!
-//! It holds no key and opens no file: every tool call becomes one request on
-//! the storer's socket. It trusts the storer's answers and nothing from the
+//! It holds no key, opens no file and makes no connection of its own: every
+//! tool call becomes one request on a connection to the storer that its
+//! connector made and passed over (see `iai_storer::connector`). It trusts the storer's answers and nothing from the
 //! host: tool arguments are typed and bounded, and recalled text goes back as
 //! quoted data under a fixed notice, with characters that could hide or
 //! restyle text removed. stdout carries only protocol; logs go to stderr.
@@ -16,11 +17,11 @@ mod schema;
 mod tools;
 
 pub use neutralize::neutralize;
-pub use tools::{Shim, INSTRUCTIONS, RECALL_NOTICE};
+pub use tools::{Reach, Shim, INSTRUCTIONS, RECALL_NOTICE};
 
 /// Serves MCP on stdin/stdout until the host closes the stream; returns the
 /// process exit code.
-pub fn run(home: iai_policy::Home) -> i32 {
+pub fn run(reach: Reach) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -30,7 +31,7 @@ pub fn run(home: iai_policy::Home) -> i32 {
     };
     runtime.block_on(async move {
         use rmcp::ServiceExt;
-        let service = match Shim::new(home).serve(rmcp::transport::stdio()).await {
+        let service = match Shim::new(reach).serve(rmcp::transport::stdio()).await {
             Ok(s) => s,
             Err(e) => {
                 iai_policy::log!("iai-mcp mcp: the MCP session did not start: {e}");

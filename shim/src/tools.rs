@@ -268,10 +268,27 @@ pub struct EventsOutput {
     pub events: Vec<EventOutput>,
 }
 
+/// How the shim reaches the storer.
+pub enum Reach {
+    /// Connect to the home's socket itself (tests, tools without a sandbox).
+    Socket(Home),
+    /// Ask the connector, the sandboxed shim's only way out.
+    Connector(iai_storer::connector::Connector),
+}
+
+impl Reach {
+    fn connect(&self) -> Result<Client, ClientError> {
+        match self {
+            Reach::Socket(home) => Client::connect(home),
+            Reach::Connector(c) => c.connect(),
+        }
+    }
+}
+
 /// The MCP server: one lazily opened, self-healing connection to the storer.
 #[derive(Clone)]
 pub struct Shim {
-    home: Home,
+    reach: Arc<Reach>,
     conn: Arc<Mutex<Option<Client>>>,
     tool_router: ToolRouter<Shim>,
 }
@@ -292,7 +309,7 @@ fn parse_time(what: &str, s: &str) -> Result<i64, String> {
 }
 
 impl Shim {
-    pub fn new(home: Home) -> Shim {
+    pub fn new(reach: Reach) -> Shim {
         let mut tool_router = Self::tool_router();
         for route in tool_router.map.values_mut() {
             crate::schema::make_portable(Arc::make_mut(&mut route.attr.input_schema));
@@ -300,7 +317,7 @@ impl Shim {
                 crate::schema::make_portable(Arc::make_mut(out));
             }
         }
-        Shim { home, conn: Arc::new(Mutex::new(None)), tool_router }
+        Shim { reach: Arc::new(reach), conn: Arc::new(Mutex::new(None)), tool_router }
     }
 
     /// Runs `f` on the storer connection, opening it if needed. A broken
@@ -310,13 +327,13 @@ impl Shim {
         &self,
         f: impl Fn(&mut Client) -> Result<T, ClientError> + Send + 'static,
     ) -> Result<T, ClientError> {
-        let home = self.home.clone();
+        let reach = Arc::clone(&self.reach);
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for attempt in 0..2 {
                 if guard.is_none() {
-                    *guard = Some(Client::connect(&home)?);
+                    *guard = Some(reach.connect()?);
                 }
                 let Some(client) = guard.as_mut() else { continue };
                 match f(client) {

@@ -50,6 +50,12 @@ impl Client {
         }
     }
 
+    /// A client on a stream already connected to the storer (the shim gets
+    /// its connections from its connector).
+    pub fn from_stream(stream: UnixStream) -> Client {
+        Client { stream }
+    }
+
     /// Bounds how long one request may wait for its answer.
     pub fn set_timeout(&mut self, d: Duration) -> Result<(), ClientError> {
         self.stream.set_read_timeout(Some(d))?;

@@ -14,6 +14,7 @@
 #![deny(unsafe_code)]
 
 pub mod client;
+pub mod connector;
 pub mod daemon;
 pub mod db;
 pub mod index;

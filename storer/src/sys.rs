@@ -28,3 +28,12 @@ pub fn adopt_socket(fd: RawFd) -> io::Result<OwnedFd> {
     // owns it: the role adopts it exactly once, first thing.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+/// Takes ownership of a descriptor the kernel just installed in this process
+/// from an SCM_RIGHTS message.
+pub fn adopt_received(fd: RawFd) -> OwnedFd {
+    // SAFETY: recvmsg returned this descriptor in an SCM_RIGHTS control
+    // message: the kernel installed it in our table a moment ago and no other
+    // owner exists; it is adopted exactly once, right after recvmsg.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}

@@ -8,7 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use iai_policy::Home;
+use crate::Home;
 
 /// This home's daemon pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,9 +44,34 @@ pub fn running(home: &Home) -> Option<Running> {
     Some(Running { storer, keyholder })
 }
 
-/// True if `pid` is alive, ours, and runs `role` for the home at `root`.
+/// Processes of this uid running `role` (`__shim`, `__connector`) for the
+/// home at `root`, by their command line.
+pub fn role_pids(role: &str, root: &Path) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out: Vec<u32> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|&pid| is_role(pid, role, root))
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// The arguments `pid` was started with, as the kernel keeps them.
+pub fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+        })
+        .unwrap_or_default()
+}
+
+/// True if `pid` is alive, runs as the owner of the home at `root`, and runs
+/// `role` for that home.
 pub fn is_role(pid: u32, role: &str, root: &Path) -> bool {
-    if !alive(pid) || uid(pid) != Some(nix::unistd::getuid().as_raw()) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(owner) = std::fs::metadata(root).map(|m| m.uid()) else { return false };
+    if !alive(pid) || uid(pid) != Some(owner) {
         return false;
     }
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
