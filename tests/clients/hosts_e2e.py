@@ -87,6 +87,15 @@ def setup(work, bin_):
     return env, home, iai, tmp, proj
 
 
+def words(host):
+    """A work directory and the run's random words: the canary every memory
+    holds, the cue only the worst-case memory holds, the prompt's and the
+    reply's own words."""
+    rnd = lambda prefix: f"{prefix}{random.randrange(10**9)}"
+    work = tempfile.mkdtemp(prefix=f"iai-e2e-{host}-")
+    return work, rnd("zebracanary"), rnd("worstcue"), rnd("promptword"), f"standin reply {rnd('replyword')}"
+
+
 def worst_memory(canary, cue):
     text = f"{cue} {canary} worst case memory "
     return text + '"\\' * ((262_144 - len(text)) // 2)
@@ -138,11 +147,7 @@ def common_checks(host, env, bin_, iai, work, home, tmp, log, canary, cue, promp
 
 
 def claude(bin_, claude_bin):
-    work = tempfile.mkdtemp(prefix="iai-e2e-claude-")
-    canary = f"zebracanary{random.randrange(10**9)}"
-    cue = f"worstcue{random.randrange(10**9)}"
-    prompt_word = f"promptword{random.randrange(10**9)}"
-    reply = f"standin reply replyword{random.randrange(10**9)}"
+    work, canary, cue, prompt_word, reply = words("claude")
     env, home, iai, tmp, proj = setup(work, bin_)
     model = None
     try:
@@ -185,11 +190,7 @@ def claude(bin_, claude_bin):
 
 
 def codex(bin_, codex_bin):
-    work = tempfile.mkdtemp(prefix="iai-e2e-codex-")
-    canary = f"zebracanary{random.randrange(10**9)}"
-    cue = f"worstcue{random.randrange(10**9)}"
-    prompt_word = f"promptword{random.randrange(10**9)}"
-    reply = f"standin reply replyword{random.randrange(10**9)}"
+    work, canary, cue, prompt_word, reply = words("codex")
     env, home, iai, tmp, proj = setup(work, bin_)
     model = None
     try:

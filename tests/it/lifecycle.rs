@@ -205,14 +205,7 @@ fn kill_during_a_capture_burst_loses_no_acknowledged_capture() {
     h.unlock();
     let acked = acked.lock().expect("lock").clone();
     assert!(acked.len() >= 40);
-    let mut client = h.client();
-    for (token, id) in &acked {
-        let hits = client
-            .recall(RecallRequest { cue: token.clone(), limit: Some(1), ..Default::default() })
-            .expect("recall")
-            .hits;
-        assert_eq!(hits.first().map(|h| h.id.as_str()), Some(id.as_str()), "acknowledged capture {token} was lost");
-    }
+    crate::support::assert_all_recalled(&h, &acked);
     assert!(!alive(storer));
 }
 

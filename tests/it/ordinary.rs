@@ -130,14 +130,7 @@ fn every_role_survives_stop_continue_and_the_freezer_during_a_capture_burst() {
         assert!(alive(pid), "the {name} died");
     }
     assert!(acked.len() >= 20, "only {} captures were acknowledged", acked.len());
-    let mut client = h.client();
-    for (token, id) in &acked {
-        let hits = client
-            .recall(RecallRequest { cue: token.clone(), limit: Some(1), ..Default::default() })
-            .expect("recall")
-            .hits;
-        assert_eq!(hits.first().map(|h| h.id.as_str()), Some(id.as_str()), "acknowledged capture {token} was lost");
-    }
+    crate::support::assert_all_recalled(&h, &acked);
     eprintln!(
         "stop/continue cycles survived: {cycles:?}; freezer cycles: {frozen}; captures acknowledged: {}",
         acked.len()

@@ -274,3 +274,15 @@ impl Drop for RawMcp {
 pub fn signal(pid: u32, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig).expect("kill");
 }
+
+/// Every acknowledged (token, id) is the top hit for its token: nothing acknowledged was lost.
+pub fn assert_all_recalled(h: &TestHome, acked: &[(String, String)]) {
+    let mut client = h.client();
+    for (token, id) in acked {
+        let hits = client
+            .recall(iai_storer::proto::RecallRequest { cue: token.clone(), limit: Some(1), ..Default::default() })
+            .expect("recall")
+            .hits;
+        assert_eq!(hits.first().map(|h| h.id.as_str()), Some(id.as_str()), "acknowledged capture {token} was lost");
+    }
+}
