@@ -547,16 +547,12 @@ fn text_arg(text: Option<String>) -> Result<String> {
     }
 }
 
-/// Escapes control and bidirectional-override characters for terminal output.
+/// Shows every character the one neutraliser counts as hidden (controls,
+/// format and default-ignorable characters, separators) as a visible
+/// `\u{…}` escape on the terminal; the rest is printed as it is.
 fn printable(s: &str) -> String {
     s.chars()
-        .map(|c| {
-            if c.is_control() || ('\u{202a}'..='\u{202e}').contains(&c) || ('\u{2066}'..='\u{2069}').contains(&c) {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
+        .map(|c| if iai_shim::is_hidden(c) || c == '\t' { c.escape_unicode().to_string() } else { c.to_string() })
         .collect()
 }
 

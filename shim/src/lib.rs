@@ -16,7 +16,7 @@ mod neutralize;
 mod schema;
 mod tools;
 
-pub use neutralize::neutralize;
+pub use neutralize::{is_hidden, neutralize};
 pub use tools::{Reach, Shim, INSTRUCTIONS, RECALL_NOTICE};
 
 /// Serves MCP on stdin/stdout until the host closes the stream; returns the

@@ -422,7 +422,8 @@ fn fit_recall(r: proto::RecallResult, offset: u32, skip: usize, budget: usize) -
             text: full[start..].to_string(),
             text_truncated: start > 0,
             superseded_by: h.superseded_by,
-            project: h.project,
+            // Every field that reaches the host goes through the neutraliser.
+            project: h.project.map(|p| neutralize(&p).0),
         };
         let cost = result_bytes(&m) + 1;
         if used + cost <= budget {
