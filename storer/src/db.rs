@@ -12,6 +12,8 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 pub const SCHEMA_VERSION: i64 = 1;
 const COUNTER_KEY: &str = "seal_counter";
+/// Set with every delete, cleared once the files are rebuilt.
+const ERASE_PENDING: &str = "erase_pending";
 
 /// Edge kinds in the `edges` table.
 pub const EDGE_CONTRADICTS: i64 = 1;
@@ -87,8 +89,14 @@ impl Db {
              CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);",
         )?;
         conn.execute("INSERT OR IGNORE INTO meta(k, v) VALUES('schema_version', ?1)", params![SCHEMA_VERSION])?;
+        // A forget whose erasure a crash interrupted is finished first.
+        let pending: Option<i64> =
+            conn.query_row("SELECT v FROM meta WHERE k = ?1", params![ERASE_PENDING], |r| r.get(0)).optional()?;
         let reserve = path.with_file_name("space-reserve");
         let mut db = Db { conn, reserve, reserve_present: false, reserve_tried: None, full: false };
+        if pending.is_some() {
+            db.erase()?;
+        }
         db.replenish_reserve();
         Ok(db)
     }
@@ -208,11 +216,14 @@ impl Db {
         let n = self.write_freeing(Some(counter), |tx| {
             tx.execute("DELETE FROM edges WHERE src = ?1 OR dst = ?1", params![&id[..]])?;
             insert_event(tx, event)?;
+            // Crash-safe erasure: if the process dies before the erase below,
+            // the next start finds this and erases first.
+            tx.execute("INSERT OR REPLACE INTO meta(k, v) VALUES(?1, 1)", params![ERASE_PENDING])?;
             tx.execute("DELETE FROM records WHERE id = ?1", params![&id[..]])
         })?;
-        let erased = match self.checkpoint() {
+        let erased = match self.erase() {
             Ok(()) => true,
-            Err(e) if is_disk_full(&e) && self.release_reserve() => self.checkpoint().is_ok(),
+            Err(e) if is_disk_full(&e) && self.release_reserve() => self.erase().is_ok(),
             Err(_) => false,
         };
         if erased {
@@ -222,6 +233,18 @@ impl Db {
             self.replenish_reserve();
         }
         Ok((n > 0, erased))
+    }
+
+    /// Rewrites the whole database file and empties the WAL, so that no byte
+    /// of a deleted row survives anywhere in the files. `secure_delete` zeroes
+    /// a deleted cell, but not the stale copies that earlier page splits and
+    /// merges left in the unused space of other pages; only a rebuild clears
+    /// those. Its cost grows with the store (see BENCHMARKS.md).
+    pub fn erase(&mut self) -> rusqlite::Result<()> {
+        self.conn.execute_batch("VACUUM")?;
+        self.checkpoint()?;
+        self.conn.execute("DELETE FROM meta WHERE k = ?1", params![ERASE_PENDING])?;
+        self.checkpoint()
     }
 
     /// Copies the WAL into the database file and empties it. A checkpoint

@@ -230,3 +230,125 @@ fn uuid_bytes(id: &str) -> Box<[u8; 16]> {
     }
     Box::new(out)
 }
+
+/// Issue 10.4: after heavy deletion, fragments of forgotten sealed bodies,
+/// duplicate tags and ids stayed in unused space inside b-tree pages, which
+/// `secure_delete` does not clear.
+#[test]
+fn heavy_deletion_leaves_no_fragment_of_any_forgotten_record() {
+    let h = TestHome::init_unlocked();
+    let mut client = h.client();
+    for batch in 0..12 {
+        let items = (0..250)
+            .map(|i| CaptureRequest {
+                text: format!(
+                    "heavy deletion record {batch}-{i} with some words to make it longer {}",
+                    "w".repeat(i % 97)
+                ),
+                ..Default::default()
+            })
+            .collect();
+        client.capture_batch(iai_storer::proto::CaptureBatchRequest { items, cursor: None }).expect("batch");
+    }
+    let db = rusqlite::Connection::open_with_flags(h.home().db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open db");
+    let mut stmt = db.prepare("SELECT id, dup_tag, body FROM records ORDER BY id").expect("prepare");
+    let rows: Vec<([u8; 16], Vec<u8>, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .map(|r| r.expect("row"))
+        .collect();
+    drop(stmt);
+    drop(db);
+    assert_eq!(rows.len(), 3000);
+    // Forget 2,100 of them, spread over the whole table.
+    let forgotten: Vec<&([u8; 16], Vec<u8>, Vec<u8>)> =
+        rows.iter().enumerate().filter(|(i, _)| i % 10 < 7).map(|(_, r)| r).collect();
+    let started = std::time::Instant::now();
+    for (id, _, _) in &forgotten {
+        client.forget(&hyphenated(id)).expect("forget");
+    }
+    let per_forget = started.elapsed() / forgotten.len() as u32;
+    let windows = windows16(&h);
+    let mut left = 0usize;
+    for (id, tag, body) in &forgotten {
+        let needles: Vec<&[u8]> = vec![&id[..], &tag[..16], &body[29..45], &body[body.len() - 16..]];
+        for n in needles {
+            if windows.contains(&<[u8; 16]>::try_from(n).expect("16 bytes")) {
+                left += 1;
+            }
+        }
+    }
+    eprintln!("forgot {} of 3000: {left} fragments left; {per_forget:?} per forget", forgotten.len());
+    assert_eq!(left, 0, "fragments of forgotten records remain in the database files");
+}
+
+fn hyphenated(id: &[u8; 16]) -> String {
+    let h: String = id.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[..8], &h[8..12], &h[12..16], &h[16..20], &h[20..])
+}
+
+/// Issue 10.4: a kill between a forget's commit and its checkpoint left the
+/// forgotten body in the main database file. Erasure now resumes at the next
+/// unlock, before anything is served.
+#[test]
+fn a_kill_during_forget_never_leaves_the_forgotten_record_behind() {
+    let h = TestHome::init_unlocked();
+    let mut client = h.client();
+    for i in 0..300 {
+        client
+            .capture(CaptureRequest { text: format!("background record {i} {}", "x".repeat(i)), ..Default::default() })
+            .expect("capture");
+    }
+    let mut rng = crate::support::Rng(7);
+    let mut gone_after_kill = 0;
+    for attempt in 0..12 {
+        let secret = format!("KILLFORGET-{attempt} card 4242 4242 {}", "s".repeat(200));
+        let id = h.client().capture(CaptureRequest { text: secret, ..Default::default() }).expect("capture").id;
+        let db = rusqlite::Connection::open_with_flags(h.home().db(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open db");
+        let body: Vec<u8> =
+            db.query_row("SELECT body FROM records WHERE id = ?1", [&uuid_bytes(&id)[..]], |r| r.get(0)).expect("row");
+        drop(db);
+        let (_, storer) = h.pids();
+        let forget = {
+            let (home, id) = (h.home(), id.clone());
+            std::thread::spawn(move || {
+                let _ = iai_storer::client::Client::connect(&home).and_then(|mut c| c.forget(&id));
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_micros(rng.next() % 8000));
+        crate::support::kill9(storer);
+        let _ = forget.join();
+        assert!(crate::support::wait_gone(storer, std::time::Duration::from_secs(5)));
+        h.unlock();
+        let still_there =
+            h.client().recall(RecallRequest { cue: format!("KILLFORGET-{attempt}"), ..Default::default() });
+        if still_there.expect("recall").hits.iter().any(|x| x.id == id) {
+            // Killed before the commit: the forget did not happen; it still works.
+            h.client().forget(&id).expect("forget again");
+        } else {
+            gone_after_kill += 1;
+        }
+        let on_disk = windows16(&h);
+        for w in body[29..].windows(16) {
+            assert!(
+                !on_disk.contains(&<[u8; 16]>::try_from(w).expect("16")),
+                "attempt {attempt}: forgotten ciphertext on disk"
+            );
+        }
+    }
+    eprintln!("forgets interrupted by kill -9 after their commit: {gone_after_kill} of 12");
+}
+
+/// Every 16-byte window of every file under the home, to look needles up in.
+fn windows16(h: &TestHome) -> std::collections::HashSet<[u8; 16]> {
+    let mut windows = std::collections::HashSet::new();
+    for f in h.files() {
+        let bytes = std::fs::read(&f).expect("read");
+        for w in bytes.windows(16) {
+            windows.insert(<[u8; 16]>::try_from(w).expect("16 bytes"));
+        }
+    }
+    windows
+}
