@@ -627,6 +627,12 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Resu
     if std::fs::symlink_metadata(home.key()).is_err() {
         bail!("{} is not initialised: run `iai-mcp init` first", home.root().display());
     }
+    // The same check `audit` reports: nothing it would FAIL is ever used.
+    let problems = iai_policy::home_check::check(home, nix::unistd::getuid().as_raw());
+    if !problems.is_empty() {
+        let list: Vec<String> = problems.iter().map(|p| format!("  {}\n    fix: {}", p.what, p.fix)).collect();
+        bail!("refusing to unlock a home that is not safe to use; nothing was started:\n{}", list.join("\n"));
+    }
     if let Ok(mut c) = Client::connect(home) {
         if let Ok(s) = c.set_timeout(ANSWER_WITHIN).and_then(|()| c.stats()) {
             println!("iai-mcp is already unlocked (storer pid {}, {} memories)", s.storer_pid, s.records);
@@ -688,9 +694,19 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Resu
             let _ = child.wait();
             match stage.as_str() {
                 "passphrase" => bail!("{message}; the store stays locked"),
-                "busy" => {
+                "busy" if procs::running(home).is_some() => {
                     println!("{message}");
                     Ok(())
+                }
+                "busy" => {
+                    let holder = iai_policy::home_check::flock_holder(&home.pid_file())
+                        .map(|p| format!(" (pid {p})"))
+                        .unwrap_or_default();
+                    bail!(
+                        "{} is locked by a process that is not this home's iai-mcp storer{holder}; nothing was \
+                         started. Stop that process, or remove the file if no iai-mcp runs",
+                        home.pid_file().display()
+                    )
                 }
                 _ => bail!("unlock failed ({stage}): {message}"),
             }

@@ -87,6 +87,17 @@ pub fn check(home: &Home, uid: u32) -> Vec<Check> {
     let mut all = Vec::new();
     walk(root, &mut all);
     out.extend(tree_checks(root, &all, uid));
+    // The check `unlock` and the roles run: whatever it finds, they refuse.
+    let layout = iai_policy::home_check::check(home, uid);
+    if layout.is_empty() {
+        out.push(Check::pass(
+            "home.layout",
+            "every file and directory is what iai-mcp expects (unlock would accept it)",
+        ));
+    }
+    for p in layout {
+        out.push(Check::fail("home.layout", format!("{} (unlock refuses this home)", p.what), p.fix));
+    }
     out
 }
 

@@ -77,6 +77,11 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
 
 fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool, std::process::Child), Fail> {
     iai_policy::harden_process().map_err(|e| fail("sandbox", e.to_string()))?;
+    // The shared layout check, again at start: `unlock` ran it, but the home
+    // may have changed since.
+    if let Some(p) = iai_policy::home_check::check(home, nix::unistd::getuid().as_raw()).first() {
+        return Err(fail("home", format!("{}; fix: {}", p.what, p.fix)));
+    }
     let pass = read_passphrase()?;
     let keyfile = load_keyfile(home)?;
     let dek = keyfile.unwrap(&pass).map_err(|e| match e {
@@ -202,8 +207,9 @@ fn load_keyfile(home: &Home) -> Result<KeyFile, Fail> {
     KeyFile::parse(&bytes).map_err(|e| fail("key", format!("{shown}: {e}")))
 }
 
+/// Never follow a link, never block on a FIFO or a device, never take a terminal.
 fn libc_o_nofollow() -> i32 {
-    nix::libc::O_NOFOLLOW | nix::libc::O_NOCTTY
+    nix::libc::O_NOFOLLOW | nix::libc::O_NOCTTY | nix::libc::O_NONBLOCK
 }
 
 /// Serves the storer until it hangs up; the sealer (and so the key) is

@@ -21,6 +21,7 @@ compile_error!(
      scripts/bench-sandbox-cost.sh, which also sets RUSTFLAGS=--cfg iai_bench_build"
 );
 
+pub mod home_check;
 pub mod layout;
 pub mod log;
 pub mod procs;

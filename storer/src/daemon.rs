@@ -109,6 +109,12 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
         .map_err(|e| fail("storer", format!("keyholder descriptor: {e}")))?;
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let keyholder_pid = nix::unistd::getppid().as_raw() as u32;
+    // The shared layout check (its `.key` entry is the keyholder's business).
+    let key = home.key();
+    let uid = nix::unistd::getuid().as_raw();
+    if let Some(p) = iai_policy::home_check::check(&home, uid).into_iter().find(|p| p.path != key) {
+        return Err(fail("home", format!("{}; fix: {}", p.what, p.fix)));
+    }
 
     // The pid file's lock is what makes a daemon live: a socket left behind by
     // a crashed storer is stale only if nobody holds this lock.
@@ -117,9 +123,12 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
         .write(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(home.pid_file())
         .map_err(|e| fail("storer", format!("cannot open {}: {e}", home.pid_file().display())))?;
+    if !pid_file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err(fail("home", format!("{} is not a regular file; move it away", home.pid_file().display())));
+    }
     let pid_lock = Flock::lock(pid_file, FlockArg::LockExclusiveNonblock)
         .map_err(|_| fail("busy", "iai-mcp is already unlocked (another storer holds the lock)"))?;
     // Written in place at a fixed width, so a restart on a full disk needs

@@ -286,3 +286,18 @@ pub fn assert_all_recalled(h: &TestHome, acked: &[(String, String)]) {
         assert_eq!(hits.first().map(|h| h.id.as_str()), Some(id.as_str()), "acknowledged capture {token} was lost");
     }
 }
+
+/// Pids of processes running a role for this home.
+pub fn procs_of(h: &TestHome) -> Vec<u32> {
+    let root = h.root.display().to_string();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("proc").flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<String> = cmd.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        if args.iter().any(|a| a.starts_with("__")) && args.contains(&root) && alive(pid) {
+            out.push(pid);
+        }
+    }
+    out
+}
