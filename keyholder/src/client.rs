@@ -4,7 +4,9 @@ use std::os::unix::net::UnixStream;
 
 use crate::keyfile::KeyId;
 use crate::seal::SealError;
-use crate::wire::{read_frame, write_frame, Refusal, Request, Response, SealItem, UnsealItem, WireError, MAX_BATCH};
+use crate::wire::{
+    read_frame, write_frame, Refusal, Request, Response, SealItem, UnsealItem, WireError, MAX_BATCH, SERVING_MAX_UNSEAL,
+};
 
 /// Bytes of payload per batch, well inside [`crate::wire::MAX_FRAME`].
 const BATCH_BYTES: usize = 8 << 20;
@@ -35,6 +37,9 @@ pub enum ClientError {
 pub struct KeyholderClient {
     stream: UnixStream,
     info: KeyInfo,
+    /// Most records per unseal: the keyholder serves the whole store in one
+    /// go only while the index is built.
+    max_unseal: usize,
 }
 
 impl KeyholderClient {
@@ -42,7 +47,8 @@ impl KeyholderClient {
     pub fn hello(mut stream: UnixStream, counter: Option<Vec<u8>>) -> Result<KeyholderClient, ClientError> {
         match round_trip(&mut stream, &Request::Hello { counter })? {
             Response::Hello { key_id, count, limit, degraded } => {
-                Ok(KeyholderClient { stream, info: KeyInfo { key_id, seal_count: count, seal_limit: limit, degraded } })
+                let info = KeyInfo { key_id, seal_count: count, seal_limit: limit, degraded };
+                Ok(KeyholderClient { stream, info, max_unseal: MAX_BATCH })
             }
             Response::Refused(r) => Err(ClientError::Refused(r)),
             _ => Err(ClientError::Unexpected),
@@ -57,7 +63,7 @@ impl KeyholderClient {
     pub fn seal(&mut self, items: Vec<SealItem>) -> Result<(Vec<Vec<u8>>, Vec<u8>), ClientError> {
         let mut out = Vec::with_capacity(items.len());
         let mut counter = Vec::new();
-        for chunk in chunks(items, |i| i.plain.len()) {
+        for chunk in chunks(items, MAX_BATCH, |i| i.plain.len()) {
             let n = chunk.len();
             match round_trip(&mut self.stream, &Request::Seal(chunk))? {
                 Response::Sealed { counter: c, blobs } if blobs.len() == n => {
@@ -72,9 +78,22 @@ impl KeyholderClient {
         Ok((out, counter))
     }
 
+    /// Tells the keyholder the index is built: from now on it unseals at
+    /// most [`SERVING_MAX_UNSEAL`] records per request.
+    pub fn ready(&mut self) -> Result<(), ClientError> {
+        match round_trip(&mut self.stream, &Request::Ready)? {
+            Response::Ready => {
+                self.max_unseal = SERVING_MAX_UNSEAL;
+                Ok(())
+            }
+            Response::Refused(r) => Err(ClientError::Refused(r)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
     pub fn unseal(&mut self, items: Vec<UnsealItem>) -> Result<Vec<Result<Vec<u8>, SealError>>, ClientError> {
         let mut out = Vec::with_capacity(items.len());
-        for chunk in chunks(items, |i| i.blob.len()) {
+        for chunk in chunks(items, self.max_unseal, |i| i.blob.len()) {
             let n = chunk.len();
             match round_trip(&mut self.stream, &Request::Unseal(chunk))? {
                 Response::Unsealed(r) if r.len() == n => out.extend(r),
@@ -87,7 +106,7 @@ impl KeyholderClient {
 
     pub fn tag(&mut self, items: Vec<Vec<u8>>) -> Result<Vec<[u8; 32]>, ClientError> {
         let mut out = Vec::with_capacity(items.len());
-        for chunk in chunks(items, Vec::len) {
+        for chunk in chunks(items, MAX_BATCH, Vec::len) {
             let n = chunk.len();
             match round_trip(&mut self.stream, &Request::Tag(chunk))? {
                 Response::Tagged(t) if t.len() == n => out.extend(t),
@@ -120,13 +139,13 @@ fn gone(e: WireError) -> ClientError {
 }
 
 /// Splits a batch so no frame exceeds the item or byte limits.
-fn chunks<T>(items: Vec<T>, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+fn chunks<T>(items: Vec<T>, max_items: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0;
     for it in items {
         let s = size(&it) + 64;
-        if !cur.is_empty() && (cur.len() == MAX_BATCH || bytes + s > BATCH_BYTES) {
+        if !cur.is_empty() && (cur.len() == max_items || bytes + s > BATCH_BYTES) {
             out.push(std::mem::take(&mut cur));
             bytes = 0;
         }

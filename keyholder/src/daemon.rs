@@ -19,7 +19,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use crate::keyfile::{KeyFile, KeyFileError, Passphrase, KEYFILE_LEN, MAX_PASSPHRASE_BYTES};
 use crate::seal::{SealError, Sealer};
 use crate::startup::error_line;
-use crate::wire::{read_frame, write_frame, Refusal, Request, Response};
+use crate::wire::{read_frame, write_frame, Refusal, Request, Response, SERVING_MAX_UNSEAL};
 
 /// A startup failure, reported to `unlock` as `ERR <stage> <message>`.
 struct Fail {
@@ -216,7 +216,7 @@ fn libc_o_nofollow() -> i32 {
 /// dropped and wiped before the process exits. Public so benchmarks can put
 /// the real serve loop at the far end of a socketpair.
 pub fn serve(mut stream: UnixStream, mut sealer: Sealer, degraded: bool) -> i32 {
-    let mut greeted = false;
+    let mut phase = Phase::New;
     loop {
         let body = match read_frame(&mut stream) {
             Ok(Some(body)) => body,
@@ -233,28 +233,49 @@ pub fn serve(mut stream: UnixStream, mut sealer: Sealer, degraded: bool) -> i32 
                 return 3;
             }
         };
-        let response = handle(&mut sealer, &mut greeted, degraded, request);
+        let response = handle(&mut sealer, &mut phase, degraded, request);
         if write_frame(&mut stream, &response.encode()).is_err() {
             return 0;
         }
     }
 }
 
-fn handle(sealer: &mut Sealer, greeted: &mut bool, degraded: bool, request: Request) -> Response {
+/// When each request is allowed, as OpenSSH's monitor says of its own:
+///
+/// | request | New | Loading (building the index) | Serving |
+/// |---|---|---|---|
+/// | hello | once | refused | refused |
+/// | seal, tag | refused | any batch | any batch |
+/// | unseal | refused | any batch (the whole store) | at most [`SERVING_MAX_UNSEAL`] records |
+/// | ready | refused | once, to Serving | refused |
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    New,
+    Loading,
+    Serving,
+}
+
+fn handle(sealer: &mut Sealer, phase: &mut Phase, degraded: bool, request: Request) -> Response {
     let refuse = Response::Refused;
-    match request {
-        Request::Hello { .. } if *greeted => refuse(Refusal::HelloTwice),
-        Request::Hello { counter } => {
+    match (request, *phase) {
+        (Request::Unknown(_), _) => refuse(Refusal::UnknownRequest),
+        (Request::Hello { counter }, Phase::New) => {
             if let Some(blob) = counter {
                 if sealer.restore_counter(&blob).is_err() {
                     return refuse(Refusal::BadCounter);
                 }
             }
-            *greeted = true;
+            *phase = Phase::Loading;
             Response::Hello { key_id: sealer.key_id(), count: sealer.count(), limit: sealer.limit(), degraded }
         }
-        _ if !*greeted => refuse(Refusal::HelloFirst),
-        Request::Seal(items) => {
+        (Request::Hello { .. }, _) => refuse(Refusal::HelloTwice),
+        (_, Phase::New) => refuse(Refusal::HelloFirst),
+        (Request::Ready, Phase::Loading) => {
+            *phase = Phase::Serving;
+            Response::Ready
+        }
+        (Request::Ready, _) => refuse(Refusal::ReadyTwice),
+        (Request::Seal(items), _) => {
             let mut blobs = Vec::with_capacity(items.len());
             for item in items {
                 match sealer.seal(item.field, item.row, &item.plain) {
@@ -267,11 +288,11 @@ fn handle(sealer: &mut Sealer, greeted: &mut bool, degraded: bool, request: Requ
                 Err(e) => refuse(seal_refusal(e)),
             }
         }
-        Request::Unseal(items) => {
+        (Request::Unseal(items), Phase::Serving) if items.len() > SERVING_MAX_UNSEAL => refuse(Refusal::TooManyItems),
+        (Request::Unseal(items), _) => {
             Response::Unsealed(items.iter().map(|i| sealer.unseal(i.field, i.row, &i.blob)).collect())
         }
-        Request::Tag(items) => Response::Tagged(items.iter().map(|i| sealer.tag(i)).collect()),
-        Request::Unknown(_) => refuse(Refusal::UnknownRequest),
+        (Request::Tag(items), _) => Response::Tagged(items.iter().map(|i| sealer.tag(i)).collect()),
     }
 }
 
@@ -297,7 +318,7 @@ pub fn check_keyfile(home: &Home) -> Result<KeyFile, String> {
 mod tests {
     use super::*;
     use crate::keyfile::{Dek, KeyId};
-    use crate::wire::SealItem;
+    use crate::wire::{SealItem, UnsealItem};
     use crate::{Field, RowId};
 
     fn sealer() -> Sealer {
@@ -314,25 +335,22 @@ mod tests {
     #[test]
     fn requests_before_hello_unknown_kinds_and_forged_counters_are_refused() {
         let mut s = sealer();
-        let mut greeted = false;
+        let mut phase = Phase::New;
         assert_eq!(
-            refused(handle(&mut s, &mut greeted, false, Request::Tag(vec![b"x".to_vec()]))),
+            refused(handle(&mut s, &mut phase, false, Request::Tag(vec![b"x".to_vec()]))),
             Some(Refusal::HelloFirst)
         );
         let forged = Request::Hello { counter: Some(vec![1; 60]) };
-        assert_eq!(refused(handle(&mut s, &mut greeted, false, forged)), Some(Refusal::BadCounter));
-        assert!(matches!(
-            handle(&mut s, &mut greeted, false, Request::Hello { counter: None }),
-            Response::Hello { .. }
-        ));
+        assert_eq!(refused(handle(&mut s, &mut phase, false, forged)), Some(Refusal::BadCounter));
+        assert!(matches!(handle(&mut s, &mut phase, false, Request::Hello { counter: None }), Response::Hello { .. }));
         assert_eq!(
-            refused(handle(&mut s, &mut greeted, false, Request::Hello { counter: None })),
+            refused(handle(&mut s, &mut phase, false, Request::Hello { counter: None })),
             Some(Refusal::HelloTwice)
         );
-        assert_eq!(refused(handle(&mut s, &mut greeted, false, Request::Unknown(0x42))), Some(Refusal::UnknownRequest));
+        assert_eq!(refused(handle(&mut s, &mut phase, false, Request::Unknown(0x42))), Some(Refusal::UnknownRequest));
         let seal =
             Request::Seal(vec![SealItem { field: Field::RecordBody, row: RowId([2; 16]), plain: b"p".to_vec() }]);
-        match handle(&mut s, &mut greeted, false, seal) {
+        match handle(&mut s, &mut phase, false, seal) {
             Response::Sealed { counter, blobs } => {
                 assert_eq!(blobs.len(), 1);
                 // The counter it hands out restores in a fresh keyholder.
@@ -347,13 +365,55 @@ mod tests {
     #[test]
     fn seal_limit_refuses_the_batch() {
         let mut s = sealer().with_limit(2);
-        let mut greeted = false;
-        handle(&mut s, &mut greeted, false, Request::Hello { counter: None });
+        let mut phase = Phase::New;
+        handle(&mut s, &mut phase, false, Request::Hello { counter: None });
         let item = || SealItem { field: Field::RecordBody, row: RowId([2; 16]), plain: b"p".to_vec() };
-        assert!(matches!(handle(&mut s, &mut greeted, false, Request::Seal(vec![item()])), Response::Sealed { .. }));
+        assert!(matches!(handle(&mut s, &mut phase, false, Request::Seal(vec![item()])), Response::Sealed { .. }));
         assert_eq!(
-            refused(handle(&mut s, &mut greeted, false, Request::Seal(vec![item()]))),
+            refused(handle(&mut s, &mut phase, false, Request::Seal(vec![item()]))),
             Some(Refusal::LimitReached)
         );
+    }
+
+    /// Issue 10.8: a storer may unseal the whole store only while it builds
+    /// its index; once ready, no request may name more records than a real
+    /// operation needs, and the phase cannot be reset.
+    #[test]
+    fn once_ready_the_keyholder_serves_only_batches_real_operations_need() {
+        let mut s = sealer();
+        let mut phase = Phase::New;
+        assert_eq!(refused(handle(&mut s, &mut phase, false, Request::Ready)), Some(Refusal::HelloFirst));
+        handle(&mut s, &mut phase, false, Request::Hello { counter: None });
+        let blob = match handle(
+            &mut s,
+            &mut phase,
+            false,
+            Request::Seal(vec![SealItem { field: Field::RecordBody, row: RowId([3; 16]), plain: b"p".to_vec() }]),
+        ) {
+            Response::Sealed { mut blobs, .. } => blobs.pop().expect("blob"),
+            _ => panic!("seal refused"),
+        };
+        let many = |n: usize| {
+            Request::Unseal(
+                (0..n)
+                    .map(|_| UnsealItem { field: Field::RecordBody, row: RowId([3; 16]), blob: blob.clone() })
+                    .collect(),
+            )
+        };
+        // Loading: the whole store may be unsealed.
+        assert!(matches!(handle(&mut s, &mut phase, false, many(4096)), Response::Unsealed(r) if r.len() == 4096));
+        assert!(matches!(handle(&mut s, &mut phase, false, Request::Ready), Response::Ready));
+        assert_eq!(phase, Phase::Serving);
+        assert!(matches!(handle(&mut s, &mut phase, false, many(SERVING_MAX_UNSEAL)), Response::Unsealed(_)));
+        assert_eq!(
+            refused(handle(&mut s, &mut phase, false, many(SERVING_MAX_UNSEAL + 1))),
+            Some(Refusal::TooManyItems)
+        );
+        assert_eq!(refused(handle(&mut s, &mut phase, false, Request::Ready)), Some(Refusal::ReadyTwice));
+        assert_eq!(
+            refused(handle(&mut s, &mut phase, false, Request::Hello { counter: None })),
+            Some(Refusal::HelloTwice)
+        );
+        assert_eq!(phase, Phase::Serving, "nothing resets the phase");
     }
 }

@@ -17,16 +17,21 @@ pub const WIRE_VERSION: u8 = 1;
 pub const MAX_FRAME: usize = 16 << 20;
 /// Most items in one batch.
 pub const MAX_BATCH: usize = 4096;
+/// Most records one unseal may name once the storer is serving: the largest
+/// real operation (an events page of 1,000); only loading the index needs more.
+pub const SERVING_MAX_UNSEAL: usize = 1000;
 
 mod kind {
     pub const HELLO: u8 = 0x01;
     pub const SEAL: u8 = 0x02;
     pub const UNSEAL: u8 = 0x03;
     pub const TAG: u8 = 0x04;
+    pub const READY: u8 = 0x05;
     pub const HELLO_OK: u8 = 0x81;
     pub const SEALED: u8 = 0x82;
     pub const UNSEALED: u8 = 0x83;
     pub const TAGGED: u8 = 0x84;
+    pub const READY_OK: u8 = 0x85;
     pub const REFUSED: u8 = 0xff;
 }
 
@@ -51,6 +56,9 @@ pub enum Request {
     Unseal(Vec<UnsealItem>),
     /// Keyed duplicate tags of each input.
     Tag(Vec<Vec<u8>>),
+    /// The index is built: from now on only batches the size of real
+    /// operations are served (see [`SERVING_MAX_UNSEAL`]). Once.
+    Ready,
     /// A request kind this keyholder does not know.
     Unknown(u8),
 }
@@ -70,6 +78,7 @@ pub enum Response {
     /// One result per item: a bad blob does not fail its neighbours.
     Unsealed(Vec<Result<Vec<u8>, SealError>>),
     Tagged(Vec<[u8; 32]>),
+    Ready,
     Refused(Refusal),
 }
 
@@ -89,6 +98,10 @@ pub enum Refusal {
     LimitReached,
     #[error("the random number generator failed")]
     Random,
+    #[error("the index is already built (ready was already received)")]
+    ReadyTwice,
+    #[error("more records in one request than a serving storer ever needs")]
+    TooManyItems,
 }
 
 impl Refusal {
@@ -100,6 +113,8 @@ impl Refusal {
             Refusal::BadCounter => 4,
             Refusal::LimitReached => 5,
             Refusal::Random => 6,
+            Refusal::ReadyTwice => 7,
+            Refusal::TooManyItems => 8,
         }
     }
     fn from_code(c: u8) -> Result<Refusal, WireError> {
@@ -110,6 +125,8 @@ impl Refusal {
             4 => Refusal::BadCounter,
             5 => Refusal::LimitReached,
             6 => Refusal::Random,
+            7 => Refusal::ReadyTwice,
+            8 => Refusal::TooManyItems,
             _ => return Err(WireError::Malformed("unknown refusal code")),
         })
     }
@@ -327,6 +344,7 @@ impl Request {
                 }
                 w.0
             }
+            Request::Ready => Writer::new(kind::READY).0,
             Request::Unknown(k) => Writer::new(*k).0,
         }
     }
@@ -363,6 +381,7 @@ impl Request {
                 }
                 Request::Tag(items)
             }
+            kind::READY => Request::Ready,
             other => return Ok(Request::Unknown(other)),
         };
         r.finish()?;
@@ -416,6 +435,7 @@ impl Response {
                 }
                 w.0
             }
+            Response::Ready => Writer::new(kind::READY_OK).0,
             Response::Refused(r) => {
                 let mut w = Writer::new(kind::REFUSED);
                 w.u8(r.code());
@@ -456,6 +476,7 @@ impl Response {
                 }
                 Response::Tagged(tags)
             }
+            kind::READY_OK => Response::Ready,
             kind::REFUSED => Response::Refused(Refusal::from_code(r.u8()?)?),
             _ => return Err(WireError::Malformed("unknown response kind")),
         };

@@ -165,6 +165,8 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
         state.index.supersede(&old, new);
     }
     log_unlock(&mut state).map_err(|e| fail("storer", e.message))?;
+    // The index is built: the keyholder narrows what it serves from here on.
+    state.kh.ready().map_err(|e| fail("storer", format!("keyholder: {e}")))?;
 
     watch_keyholder(&state)?;
     let mut out = std::io::stdout();
