@@ -133,7 +133,8 @@ pub fn uninstall(doc: &mut Value) -> Result<bool> {
     let Some(root) = doc.as_object_mut() else { bail!("the file is JSON but not an object") };
     let Some(hooks) = root.get_mut("hooks").and_then(Value::as_object_mut) else { return Ok(false) };
     let mut changed = false;
-    for groups in hooks.values_mut() {
+    let mut emptied_events = Vec::new();
+    for (event, groups) in hooks.iter_mut() {
         let Some(groups) = groups.as_array_mut() else { continue };
         let mut emptied = Vec::new();
         for (i, g) in groups.iter_mut().enumerate() {
@@ -149,15 +150,20 @@ pub fn uninstall(doc: &mut Value) -> Result<bool> {
             }
         }
         // Only groups we emptied go; anything else stays as the user wrote it.
+        let ours_gone = !emptied.is_empty();
         for i in emptied.into_iter().rev() {
             groups.remove(i);
         }
-    }
-    if changed {
-        hooks.retain(|_, v| !v.as_array().is_some_and(Vec::is_empty));
-        if hooks.is_empty() {
-            root.remove("hooks");
+        if ours_gone && groups.is_empty() {
+            emptied_events.push(event.clone());
         }
+    }
+    // Likewise only the event lists and the `hooks` object we emptied.
+    for event in &emptied_events {
+        hooks.remove(event);
+    }
+    if !emptied_events.is_empty() && hooks.is_empty() {
+        root.remove("hooks");
     }
     Ok(changed)
 }
