@@ -934,6 +934,7 @@ fn status(home: &Home, json: bool) -> Result<()> {
     };
     if json {
         let mut v = serde_json::to_value(&stats)?;
+        v["unencrypted_swap"] = serde_json::to_value(iai_policy::swap::unencrypted())?;
         v["state"] = "unlocked".into();
         v["home"] = serde_json::to_value(home.root())?;
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -946,6 +947,16 @@ fn status(home: &Home, json: bool) -> Result<()> {
     println!("  memories: {} ({})", s.records, tiers.join(", "));
     println!("  store size: {} bytes", s.store_bytes);
     println!("  seals: {} of at most {} for this key", s.seal_count, s.seal_limit);
+    if !s.memory_locked {
+        let swaps = iai_policy::swap::unencrypted();
+        if !swaps.is_empty() {
+            println!(
+                "  WARNING: unencrypted swap is on ({}) and the storer's memory is not locked (memlock limit): \
+                 memories it holds while unlocked may be written to that disk; encrypt swap or raise the limit",
+                swaps.join(", ")
+            );
+        }
+    }
     if s.disk_full {
         println!(
             "  WARNING: the disk holding the store is full: new memories are NOT being stored until space is freed"

@@ -156,6 +156,40 @@ pub fn role_checks(name: &str, pid: u32, f: &RoleFacts, sandbox: &Sandbox, net: 
     out
 }
 
+/// Whether the storer's plaintext can reach a disk through unencrypted swap:
+/// from `/proc/swaps` and the storer's own `VmLck` against its `VmRSS`.
+fn swap_check(storer: u32) -> Check {
+    let unencrypted = iai_policy::swap::unencrypted();
+    let status = std::fs::read_to_string(format!("/proc/{storer}/status")).unwrap_or_default();
+    let kib = |k: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let (locked, rss) = (kib("VmLck:"), kib("VmRSS:"));
+    let all_locked = rss > 0 && locked * 10 >= rss * 9;
+    if unencrypted.is_empty() {
+        Check::pass(
+            "memory.swap",
+            "no unencrypted swap is on: memories held in RAM cannot be swapped to a disk in the clear",
+        )
+    } else if all_locked {
+        Check::pass("memory.swap", format!("the storer's memory is locked in RAM ({locked} kB); swap cannot take it"))
+    } else {
+        Check::warn(
+            "memory.swap",
+            format!(
+                "unencrypted swap is on ({}) and the storer's memory is not locked ({locked} of {rss} kB): memories it \
+                 holds while unlocked may be written to that disk",
+                unencrypted.join(", ")
+            ),
+            "encrypt swap (or use zram), or raise the memlock limit to unlimited for iai-mcp (`ulimit -l unlimited`) and unlock again",
+        )
+    }
+}
+
 /// The running roles of this home, taken from the kernel (the pid file's
 /// lock, `/proc/PID/cmdline` and `PPid`), never from the storer's own report;
 /// the storer's report is compared with them.
@@ -222,6 +256,7 @@ pub fn check(home: &Home, uid: u32) -> Vec<Check> {
                     "`iai-mcp lock`, then `iai-mcp unlock` without --allow-degraded-sandbox on a kernel with Landlock ABI 6",
                 )
             });
+            out.push(swap_check(r.storer));
             let roles = [(Role::Storer, Some(r.storer)), (Role::Keyholder, kh)];
             for (role, pid) in roles {
                 match pid.and_then(|p| read_facts(p).map(|f| (p, f))) {

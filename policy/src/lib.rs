@@ -25,6 +25,7 @@ pub mod home_check;
 pub mod layout;
 pub mod log;
 pub mod procs;
+pub mod swap;
 mod sys;
 pub mod syscalls;
 

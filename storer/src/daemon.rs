@@ -70,6 +70,7 @@ struct State {
     unreadable: u64,
     degraded: Vec<String>,
     keyholder_pid: u32,
+    memory_locked: bool,
 }
 
 struct Fail {
@@ -149,6 +150,9 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).map_err(|e| fail("storer", e))?;
     let devnull = File::options().write(true).open("/dev/null").map_err(|e| fail("storer", e))?;
 
+    // Plaintext lives here while unlocked: keep it out of swap where the
+    // memlock limit allows (status says when it does not).
+    let memory_locked = iai_policy::swap::lock_all_memory();
     let keep = [kh_stream.as_raw_fd(), listener.as_raw_fd(), pid_lock.as_raw_fd(), devnull.as_raw_fd()];
     let applied = iai_policy::apply(&Sandbox::storer(&home), &keep, opts).map_err(|e| fail("sandbox", e))?;
 
@@ -159,7 +163,8 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
     if kh.info().degraded {
         degraded.push("keyholder sandbox degraded".into());
     }
-    let mut state = State { home, db, kh, index: Index::default(), unreadable: 0, degraded, keyholder_pid };
+    let mut state =
+        State { home, db, kh, index: Index::default(), unreadable: 0, degraded, keyholder_pid, memory_locked };
     load_index(&mut state).map_err(|e| fail("storer", e.message))?;
     for (new, old) in state.db.contradictions().map_err(|e| fail("storer", e))? {
         state.index.supersede(&old, new);
@@ -1024,5 +1029,6 @@ fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
         seal_limit: info.seal_limit,
         degraded: st.degraded.clone(),
         disk_full: st.db.disk_full(),
+        memory_locked: st.memory_locked,
     })
 }

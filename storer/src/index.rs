@@ -223,11 +223,21 @@ impl Index {
         toks.dedup();
         for t in toks {
             if let Some(&tid) = self.terms.get(t.as_str()) {
-                self.postings[tid as usize].retain(|&(s, _)| s != slot);
+                let list = &mut self.postings[tid as usize];
+                list.retain(|&(s, _)| s != slot);
+                // A word only the forgotten record had leaves the index with
+                // it (term ids come from the postings' length, never reused).
+                if list.is_empty() {
+                    *list = Vec::new();
+                    self.terms.remove(t.as_str());
+                }
             }
         }
         let doc = &mut self.docs[slot as usize];
         doc.alive = false;
+        // Its strings go too; the slot stays so that the others keep theirs.
+        doc.meta.session = None;
+        doc.meta.project = None;
         self.total_len -= u64::from(doc.len);
         self.live -= 1;
         self.unsupersede_by(id);
@@ -539,5 +549,22 @@ mod tests {
             ix.add(m, s);
         }
         eprintln!("index add: {:?}", t.elapsed());
+    }
+
+    /// Issue 10.6: a forgotten record's words stayed in the index until lock.
+    #[test]
+    fn forgetting_removes_the_words_only_that_record_had() {
+        let mut idx = Index::default();
+        idx.add(meta(1, 10), "shared zanzibarword");
+        idx.add(meta(2, 20), "shared other");
+        assert!(idx.terms.keys().any(|t| t.starts_with("zanzibar")));
+        idx.remove(&[1; 16], "shared zanzibarword");
+        assert!(!idx.terms.keys().any(|t| t.starts_with("zanzibar")), "the forgotten word is gone");
+        assert!(idx.terms.keys().any(|t| t.as_ref() == "share" || t.as_ref() == "shared"), "a shared word stays");
+        assert_eq!(idx.len(), 1);
+        // A word coming back later gets a fresh id and is found again.
+        idx.add(meta(3, 30), "zanzibarword returns");
+        let (hits, _) = idx.search("zanzibarword", 0, 10, &Filter::default(), 40);
+        assert_eq!(hits.iter().map(|(m, _)| m.id).collect::<Vec<_>>(), vec![[3; 16]]);
     }
 }

@@ -437,6 +437,9 @@ pub struct Stats {
     /// The last write failed because the disk is full (cleared by the next write that succeeds).
     #[serde(default)]
     pub disk_full: bool,
+    /// The storer's memory is locked in RAM (never swapped).
+    #[serde(default)]
+    pub memory_locked: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

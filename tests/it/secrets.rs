@@ -74,3 +74,46 @@ fn unlock_is_not_traceable_while_it_holds_the_passphrase() {
     std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), format!("{PASS}\n").as_bytes()).expect("write");
     assert!(child.wait().expect("wait").success());
 }
+
+/// Issue 10.6: the storer holds plaintext while unlocked; where the memlock
+/// limit allows, its memory is locked (never swapped), and `status` says which.
+#[test]
+fn the_storer_locks_its_memory_when_the_limit_allows_and_says_so() {
+    let h = TestHome::init_unlocked();
+    // With the usual finite limit it stays unlocked, and says so, with the swap areas to worry about.
+    let s = h.status();
+    assert_eq!(s["memory_locked"], false, "{s}");
+    assert!(s["unencrypted_swap"].is_array(), "{s}");
+    crate::support::assert_ok(&h.run(&["lock"]), "lock");
+    let unlimited = nix::sys::resource::RLIM_INFINITY;
+    let can_raise =
+        std::process::Command::new("sh").args(["-c", "ulimit -l unlimited"]).status().is_ok_and(|s| s.success());
+    if !can_raise {
+        eprintln!("SKIPPED (locked half): this machine does not allow an unlimited memlock limit");
+        return;
+    }
+    let mut unlock = h.cmd(&["unlock", "--passphrase-fd", "0"]);
+    #[allow(unsafe_code)]
+    // SAFETY: between fork and exec; setrlimit only, no allocation.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut unlock, move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK, unlimited, unlimited)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = unlock.stdin(Stdio::piped()).stdout(Stdio::null()).spawn().expect("unlock");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), format!("{PASS}\n").as_bytes()).expect("write");
+    assert!(child.wait().expect("wait").success());
+    let s = h.status();
+    assert_eq!(s["memory_locked"], true, "{s}");
+    let st = s["storer_pid"].as_u64().expect("pid");
+    let status = std::fs::read_to_string(format!("/proc/{st}/status")).expect("status");
+    let kib = |k: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(kib("VmLck:") * 10 >= kib("VmRSS:") * 9, "VmLck {} of VmRSS {}", kib("VmLck:"), kib("VmRSS:"));
+}
