@@ -3,6 +3,7 @@
 //! ```text
 //! iai-bench seal  [--iters N]                       seal+unseal: socketpair vs in-process
 //! iai-bench store [--records N] [--queries Q] [--json]   capture/recall latency, unlock time, RSS
+//! iai-bench forget [--records N] [--forgets F] [--json]  erasing forget vs a capture, same store
 //! ```
 //!
 //! Figures are medians and percentiles of many runs, and each comparison has
@@ -39,6 +40,7 @@ fn main() {
         Some("store") => store(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("hooks") => hooks(flag("--records", 10_000), flag("--runs", 200), json),
+        Some("forget") => forget(flag("--records", 10_000), flag("--forgets", 50), json),
         Some("locomo") => {
             let dir =
                 args.get(1).filter(|a| !a.starts_with("--")).unwrap_or_else(|| die("locomo needs the data directory"));
@@ -286,6 +288,58 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
         .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// The cost of an erasing forget (delete, rebuild of the file, WAL
+/// truncated) in a store of `records`, against a durable capture into the
+/// same store, interleaved so both see the same machine.
+fn forget(records: usize, forgets: usize, json: bool) {
+    let bin = iai_bin();
+    let (_dir, home, mut client) = unlocked_store(&bin);
+    let mut rng = Rng(7);
+    let mut i = 0;
+    while i < records {
+        let n = (records - i).min(200);
+        let items =
+            (0..n).map(|k| CaptureRequest { text: memory_text(&mut rng, i + k), ..Default::default() }).collect();
+        client.capture_batch(iai_storer::proto::CaptureBatchRequest { items, cursor: None }).expect("capture batch");
+        i += n;
+    }
+    let db_mib = std::fs::metadata(iai_policy::Home::new(home.clone()).expect("home").db())
+        .map(|m| m.len() as f64 / (1 << 20) as f64)
+        .unwrap_or(f64::NAN);
+    let (mut erase, mut capture) = (Vec::new(), Vec::new());
+    for k in 0..forgets {
+        let t = Instant::now();
+        let id = client
+            .capture(CaptureRequest {
+                text: format!("to be forgotten {k} {}", memory_text(&mut rng, k)),
+                ..Default::default()
+            })
+            .expect("capture")
+            .id;
+        capture.push(t.elapsed());
+        let t = Instant::now();
+        let r = client.forget(&id).expect("forget");
+        erase.push(t.elapsed());
+        assert!(r.erased, "forget did not erase");
+    }
+    drop(client);
+    run(&bin, &home, &["lock"], false);
+    let (e, c) = (summarize(erase), summarize(capture));
+    if json {
+        let s = |x: &Summary| serde_json::json!({"p50_us": x.p50, "p95_us": x.p95, "p99_us": x.p99, "n": x.n});
+        let v = serde_json::json!({"records": records, "db_mib": db_mib, "forget": s(&e), "capture": s(&c),
+                                   "forget_over_capture_p50": e.p50 / c.p50});
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        return;
+    }
+    println!("erasing forget in a store of {records} records ({db_mib:.1} MiB database)");
+    println!("{:<28} {:>10} {:>10} {:>10} {:>8}", "", "p50", "p95", "p99", "n");
+    for (name, x) in [("forget latency (ms)", &e), ("capture latency (ms)", &c)] {
+        println!("{name:<28} {:>10.2} {:>10.2} {:>10.2} {:>8}", x.p50 / 1e3, x.p95 / 1e3, x.p99 / 1e3, x.n);
+    }
+    println!("forget / capture (p50)       {:>10.1}x", e.p50 / c.p50);
 }
 
 fn store(records: usize, queries: usize, json: bool) {
