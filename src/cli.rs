@@ -61,10 +61,10 @@ enum Cmd {
     /// Store a memory. TEXT, or `-` (or nothing) to read it from stdin.
     Capture {
         text: Option<String>,
-        #[arg(long, value_enum, default_value_t = TierArg::Episodic)]
-        tier: TierArg,
-        #[arg(long, value_enum, default_value_t = RoleArg::User)]
-        role: RoleArg,
+        #[arg(long, value_enum, default_value_t = Tier::Episodic)]
+        tier: Tier,
+        #[arg(long, value_enum, default_value_t = Role::User)]
+        role: Role,
         /// Session id to file the memory under.
         #[arg(long)]
         session: Option<String>,
@@ -87,9 +87,9 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         limit: u32,
         #[arg(long, value_enum)]
-        tier: Option<TierArg>,
+        tier: Option<Tier>,
         #[arg(long, value_enum)]
-        role: Option<RoleArg>,
+        role: Option<Role>,
         #[arg(long)]
         session: Option<String>,
         /// Only memories of this project (directory).
@@ -109,8 +109,8 @@ enum Cmd {
         id: String,
         /// The new fact, or `-` to read it from stdin.
         text: String,
-        #[arg(long, value_enum, default_value_t = TierArg::Episodic)]
-        tier: TierArg,
+        #[arg(long, value_enum, default_value_t = Tier::Episodic)]
+        tier: Tier,
     },
     /// Strengthen memories that were useful together (2 to 32 ids).
     Reinforce {
@@ -148,31 +148,12 @@ enum Cmd {
         #[arg(long)]
         since: Option<String>,
         #[arg(long, value_enum)]
-        kind: Option<KindArg>,
+        kind: Option<EventKind>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum TierArg {
-    Working,
-    Episodic,
-    Semantic,
-    Procedural,
-}
-
-impl From<TierArg> for Tier {
-    fn from(t: TierArg) -> Tier {
-        match t {
-            TierArg::Working => Tier::Working,
-            TierArg::Episodic => Tier::Episodic,
-            TierArg::Semantic => Tier::Semantic,
-            TierArg::Procedural => Tier::Procedural,
-        }
-    }
 }
 
 #[derive(Subcommand)]
@@ -217,44 +198,6 @@ enum HookEvent {
     Capture,
     /// SessionStart: print a short memory prefix for the host.
     SessionStart,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum KindArg {
-    Capture,
-    Reinforce,
-    Contradict,
-    Forget,
-    Unlock,
-}
-
-impl From<KindArg> for EventKind {
-    fn from(k: KindArg) -> EventKind {
-        match k {
-            KindArg::Capture => EventKind::Capture,
-            KindArg::Reinforce => EventKind::Reinforce,
-            KindArg::Contradict => EventKind::Contradict,
-            KindArg::Forget => EventKind::Forget,
-            KindArg::Unlock => EventKind::Unlock,
-        }
-    }
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-enum RoleArg {
-    User,
-    Assistant,
-    System,
-}
-
-impl From<RoleArg> for Role {
-    fn from(r: RoleArg) -> Role {
-        match r {
-            RoleArg::User => Role::User,
-            RoleArg::Assistant => Role::Assistant,
-            RoleArg::System => Role::System,
-        }
-    }
 }
 
 pub fn main() -> ExitCode {
@@ -317,17 +260,8 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Capture { text, tier, role, session, cue, tags, project, at } => {
             let text = text_arg(text)?;
             let created_at = at.as_deref().map(|s| parse_time("--at", s)).transpose()?;
-            let req = CaptureRequest {
-                text,
-                cue,
-                tier: tier.into(),
-                role: role.into(),
-                session,
-                tags,
-                project,
-                created_at,
-                ..Default::default()
-            };
+            let req =
+                CaptureRequest { text, cue, tier, role, session, tags, project, created_at, ..Default::default() };
             let now =
                 std::time::SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
             req.validate(now).map_err(|e| anyhow!("{}; nothing was stored", e.message))?;
@@ -341,15 +275,7 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Recall { cue, limit, tier, role, session, project, json, raw } => {
-            let req = RecallRequest {
-                cue,
-                limit: Some(limit),
-                tier: tier.map(Into::into),
-                role: role.map(Into::into),
-                session,
-                project,
-                ..Default::default()
-            };
+            let req = RecallRequest { cue, limit: Some(limit), tier, role, session, project, ..Default::default() };
             let r = Client::connect(&home)?.recall_paged(req)?;
             let mut out = std::io::stdout().lock();
             if json {
@@ -398,7 +324,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Contradict { id, text, tier } => {
             let text = text_arg(Some(text))?;
-            let req = ContradictRequest { id, text, tier: tier.into(), ..Default::default() };
+            let req = ContradictRequest { id, text, tier, ..Default::default() };
             let r = Client::connect(&home)?.contradict(req)?;
             println!("{} supersedes {}", r.id, r.supersedes);
             Ok(())
@@ -410,7 +336,7 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Events { since, kind, limit, json } => {
             let since = since.as_deref().map(|s| parse_time("--since", s)).transpose()?;
-            let req = EventsRequest { since, kind: kind.map(Into::into), limit: Some(limit) };
+            let req = EventsRequest { since, kind, limit: Some(limit) };
             let r = Client::connect(&home)?.events(req)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);

@@ -35,65 +35,7 @@ const DEFAULT_TOKEN_BUDGET: u32 = 4000;
 const MAX_TOKEN_BUDGET: u32 = 10_000;
 const MAX_LIMIT: u32 = 50;
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Tier {
-    Working,
-    Episodic,
-    Semantic,
-    Procedural,
-}
-
-impl From<Tier> for proto::Tier {
-    fn from(t: Tier) -> Self {
-        match t {
-            Tier::Working => proto::Tier::Working,
-            Tier::Episodic => proto::Tier::Episodic,
-            Tier::Semantic => proto::Tier::Semantic,
-            Tier::Procedural => proto::Tier::Procedural,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    User,
-    Assistant,
-    System,
-}
-
-impl From<Role> for proto::Role {
-    fn from(r: Role) -> Self {
-        match r {
-            Role::User => proto::Role::User,
-            Role::Assistant => proto::Role::Assistant,
-            Role::System => proto::Role::System,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum EventKind {
-    Capture,
-    Reinforce,
-    Contradict,
-    Forget,
-    Unlock,
-}
-
-impl From<EventKind> for proto::EventKind {
-    fn from(k: EventKind) -> Self {
-        match k {
-            EventKind::Capture => proto::EventKind::Capture,
-            EventKind::Reinforce => proto::EventKind::Reinforce,
-            EventKind::Contradict => proto::EventKind::Contradict,
-            EventKind::Forget => proto::EventKind::Forget,
-            EventKind::Unlock => proto::EventKind::Unlock,
-        }
-    }
-}
+use iai_storer::proto::{EventKind, Role, Tier};
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -484,8 +426,8 @@ impl Shim {
         let req = proto::CaptureRequest {
             text: p.text,
             cue: p.cue,
-            tier: p.tier.map(Into::into).unwrap_or_default(),
-            role: p.role.map(Into::into).unwrap_or_default(),
+            tier: p.tier.unwrap_or_default(),
+            role: p.role.unwrap_or_default(),
             session: p.session_id,
             tags: p.tags.unwrap_or_default(),
             project: p.project,
@@ -530,8 +472,8 @@ impl Shim {
         let req = proto::RecallRequest {
             cue: p.cue,
             limit: Some(limit),
-            tier: p.tier.map(Into::into),
-            role: p.role.map(Into::into),
+            tier: p.tier,
+            role: p.role,
             session: p.session_id,
             offset: Some(offset),
             since: p.since.as_deref().map(|s| parse_time("since", s)).transpose()?,
@@ -561,7 +503,7 @@ impl Shim {
         let req = proto::ContradictRequest {
             id: p.id,
             text: p.new_fact,
-            tier: p.tier.map(Into::into).unwrap_or_default(),
+            tier: p.tier.unwrap_or_default(),
             ..Default::default()
         };
         let as_capture = proto::CaptureRequest { text: req.text.clone(), ..Default::default() };
@@ -644,7 +586,7 @@ impl Shim {
         }
         let req = proto::EventsRequest {
             since: p.since.as_deref().map(|s| parse_time("since", s)).transpose()?,
-            kind: p.kind.map(Into::into),
+            kind: p.kind,
             limit: Some(limit),
         };
         let r = self.call(move |c| c.events(req.clone())).await.map_err(explain)?;

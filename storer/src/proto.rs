@@ -29,7 +29,13 @@ pub const MAX_REINFORCE_IDS: usize = 32;
 pub const MAX_EVENTS_LIMIT: u32 = 1000;
 pub const DEFAULT_EVENTS_LIMIT: u32 = 50;
 
+// The one definition of a tier: the wire, the MCP tool schemas (feature
+// `schema`) and the command line (feature `cli`) all use it. The doc line
+// below is what hosts and models read in the tool schemas.
+/// What kind of memory: working, episodic (the default), semantic or procedural.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum Tier {
     Working,
@@ -57,7 +63,11 @@ impl Tier {
     }
 }
 
+// One definition, as for Tier.
+/// Who said it: user (the default), assistant or system.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     #[default]
@@ -241,7 +251,11 @@ pub struct ContradictRequest {
     pub tags: Vec<String>,
 }
 
+// One definition, as for Tier.
+/// The kind of an operation in the audit trail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Capture,
