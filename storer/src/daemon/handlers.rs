@@ -1,0 +1,442 @@
+//! The requests the storer serves, one function each.
+
+use super::*;
+
+pub(super) fn handle(st: &mut State, req: Request) -> Result<serde_json::Value, ErrorBody> {
+    match req {
+        Request::Capture(c) => to_value(capture(st, c)),
+        Request::Recall(r) => to_value(recall(st, r)),
+        Request::Forget { id } => to_value(forget(st, &id)),
+        Request::Contradict(c) => to_value(contradict(st, c)),
+        Request::Reinforce { ids } => to_value(reinforce(st, &ids)),
+        Request::Events(e) => to_value(events(st, e)),
+        Request::Recent(r) => to_value(recent(st, r)),
+        Request::CaptureBatch(b) => to_value(capture_batch(st, b)),
+        Request::GetCursor { key } => to_value(get_cursor(st, &key)),
+        Request::Stats => to_value(stats(st)),
+        Request::Shutdown => Err(internal("shutdown is handled by the connection")),
+    }
+}
+
+/// Inserts a record, or reinforces the identical one. `supersedes` adds a
+/// contradiction edge from the new record to that one in the same transaction.
+pub(super) fn store_record(
+    st: &mut State,
+    r: CaptureRequest,
+    supersedes: Option<[u8; 16]>,
+) -> Result<([u8; 16], CaptureStatus), ErrorBody> {
+    validate(&r)?;
+    let tag = dup_tag(st, &r.text)?;
+    if let Some(id) = st.db.find_by_tag(&tag).map_err(storage)? {
+        if supersedes == Some(id) {
+            return Err(invalid("the new fact is identical to the memory it contradicts"));
+        }
+        let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Reinforce };
+        let touched: Vec<[u8; 16]> = std::iter::once(id).chain(supersedes).collect();
+        let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), kind, &touched)?;
+        st.db
+            .write(Some(&counter), |tx| {
+                db::reinforce(tx, &id, 1)?;
+                if let Some(old) = supersedes {
+                    db::add_edge(tx, &id, &old, db::EDGE_CONTRADICTS, 1)?;
+                }
+                db::insert_event(tx, &event)
+            })
+            .map_err(storage)?;
+        st.index.reinforce(&id, 1);
+        if let Some(old) = supersedes {
+            st.index.supersede(&old, id);
+        }
+        return Ok((id, CaptureStatus::Reinforced));
+    }
+
+    let (mut row, body, item) = new_record(r, now_ms())?;
+    let id = row.id;
+    let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Capture };
+    let touched: Vec<[u8; 16]> = std::iter::once(id).chain(supersedes).collect();
+    let Sealed { mut blobs, event, counter } = seal_with_event(st, vec![item], kind, &touched)?;
+    row.body = blobs.pop().ok_or_else(|| internal("no sealed blob"))?;
+    st.db
+        .write(Some(&counter), |tx| {
+            db::insert_record(tx, &row, &tag)?;
+            if let Some(old) = supersedes {
+                db::add_edge(tx, &id, &old, db::EDGE_CONTRADICTS, 1)?;
+            }
+            db::insert_event(tx, &event)
+        })
+        .map_err(storage)?;
+    st.index.add(meta_of(&row, &body), &body.searchable());
+    if let Some(old) = supersedes {
+        st.index.supersede(&old, id);
+    }
+    Ok((id, CaptureStatus::Inserted))
+}
+
+pub(super) fn capture(st: &mut State, c: CaptureRequest) -> Result<CaptureResult, ErrorBody> {
+    let (id, status) = store_record(st, c, None)?;
+    Ok(CaptureResult { id: uuid_str(&id), status })
+}
+
+pub(super) fn get_cursor(st: &mut State, key: &str) -> Result<CursorValue, ErrorBody> {
+    check_len("cursor key", key, proto::MAX_CURSOR_KEY)?;
+    let id = cursor_id(st, key)?;
+    let Some(blob) = st.db.cursor(&id).map_err(storage)? else { return Ok(CursorValue { value: None }) };
+    let plain =
+        st.kh.unseal(vec![UnsealItem { field: Field::MetaValue, row: RowId(id), blob }]).map_err(keyholder_error)?;
+    let value = plain.into_iter().next().and_then(|p| p.ok()).and_then(|p| String::from_utf8(p).ok());
+    match value {
+        Some(v) => Ok(CursorValue { value: Some(v) }),
+        None => Err(internal("a stored cursor does not authenticate")),
+    }
+}
+
+/// One item of a batch: a new record (row and body), or the id it duplicates.
+pub(super) struct Planned {
+    pub(super) new: Option<(Row, Body)>,
+    pub(super) id: [u8; 16],
+}
+
+/// Captures many records in one transaction (one fsync), with the cursor.
+pub(super) fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<CaptureBatchResult, ErrorBody> {
+    if b.items.len() > proto::MAX_BATCH {
+        return Err(invalid(format!("{} items; a batch holds at most {}", b.items.len(), proto::MAX_BATCH)));
+    }
+    if let Some(c) = &b.cursor {
+        check_cursor(c)?;
+    }
+    let records = b.items;
+    for (i, r) in records.iter().enumerate() {
+        validate(r).map_err(|e| ErrorBody::new(e.code, format!("item {i}: {}", e.message)))?;
+    }
+    let inputs = records
+        .iter()
+        .map(|r| {
+            let mut input = DUP_TAG_DOMAIN.to_vec();
+            input.extend_from_slice(r.text.as_bytes());
+            input
+        })
+        .collect();
+    let tags = if records.is_empty() { Vec::new() } else { st.kh.tag(inputs).map_err(keyholder_error)? };
+    let cursor_row = match &b.cursor {
+        Some(c) => Some(cursor_id(st, &c.key)?),
+        None => None,
+    };
+
+    // Decide per item: reinforce an existing record (or an earlier item), or insert.
+    let now = now_ms();
+    let mut plan: Vec<Planned> = Vec::with_capacity(records.len());
+    let mut seen: Vec<([u8; 32], [u8; 16])> = Vec::new();
+    let mut items = Vec::new();
+    for (r, tag) in records.into_iter().zip(&tags) {
+        let existing = match seen.iter().find(|(t, _)| t == tag) {
+            Some((_, id)) => Some(*id),
+            None => st.db.find_by_tag(tag).map_err(storage)?,
+        };
+        if let Some(id) = existing {
+            plan.push(Planned { new: None, id });
+            continue;
+        }
+        let (row, body, item) = new_record(r, now)?;
+        let id = row.id;
+        items.push(item);
+        seen.push((*tag, id));
+        plan.push(Planned { new: Some((row, body)), id });
+    }
+    let inserted = items.len();
+    if let (Some(c), Some(row)) = (&b.cursor, cursor_row) {
+        let item = SealItem { field: Field::MetaValue, row: RowId(row), plain: c.value.clone().into_bytes() };
+        if plan.is_empty() {
+            // Only the position moved (lines with no turn in them): no event for that.
+            let (mut blobs, counter) = st.kh.seal(vec![item]).map_err(keyholder_error)?;
+            let blob = blobs.pop().ok_or_else(|| internal("missing sealed cursor"))?;
+            st.db.write(Some(&counter), |tx| db::set_cursor(tx, &row, &blob)).map_err(storage)?;
+            return Ok(CaptureBatchResult { results: Vec::new() });
+        }
+        items.push(item);
+    }
+    if plan.is_empty() {
+        return Ok(CaptureBatchResult { results: Vec::new() });
+    }
+    let touched: Vec<[u8; 16]> = plan.iter().map(|p| p.id).collect();
+    let Sealed { blobs, event, counter } = seal_with_event(st, items, EventKind::Capture, &touched)?;
+    let mut blobs = blobs.into_iter();
+    for p in plan.iter_mut() {
+        if let Some((row, _)) = &mut p.new {
+            row.body = blobs.next().ok_or_else(|| internal("missing sealed blob"))?;
+        }
+    }
+    let sealed_cursor = if cursor_row.is_some() { blobs.next() } else { None };
+    debug_assert_eq!(plan.iter().filter(|p| p.new.is_some()).count(), inserted);
+    st.db
+        .write(Some(&counter), |tx| {
+            for (p, tag) in plan.iter().zip(&tags) {
+                match &p.new {
+                    Some((row, _)) => db::insert_record(tx, row, tag)?,
+                    None => {
+                        db::reinforce(tx, &p.id, 1)?;
+                    }
+                }
+            }
+            if let (Some(id), Some(blob)) = (cursor_row, &sealed_cursor) {
+                db::set_cursor(tx, &id, blob)?;
+            }
+            db::insert_event(tx, &event)
+        })
+        .map_err(storage)?;
+    let mut results = Vec::with_capacity(plan.len());
+    for p in plan {
+        let status = match p.new {
+            Some((row, body)) => {
+                st.index.add(meta_of(&row, &body), &body.searchable());
+                CaptureStatus::Inserted
+            }
+            None => {
+                st.index.reinforce(&p.id, 1);
+                CaptureStatus::Reinforced
+            }
+        };
+        results.push(CaptureResult { id: uuid_str(&p.id), status });
+    }
+    Ok(CaptureBatchResult { results })
+}
+
+/// The newest memories (the project's first), unsealed.
+pub(super) fn recent(st: &mut State, r: RecentRequest) -> Result<RecallResult, ErrorBody> {
+    let limit = r.limit.unwrap_or(proto::DEFAULT_RECALL_LIMIT);
+    if limit == 0 || limit > proto::MAX_RECALL_LIMIT {
+        return Err(invalid(format!("limit must be between 1 and {}", proto::MAX_RECALL_LIMIT)));
+    }
+    let metas = st.index.recent(r.project.as_deref(), limit as usize);
+    hits_for(st, metas.into_iter().map(|m| (m, 0.0)).collect(), false)
+}
+
+pub(super) fn contradict(st: &mut State, c: ContradictRequest) -> Result<ContradictResult, ErrorBody> {
+    let old = parse_id(&c.id)?;
+    if !st.db.exists(&old).map_err(storage)? {
+        return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", uuid_str(&old))));
+    }
+    let r = CaptureRequest {
+        text: c.text,
+        cue: c.cue,
+        tier: c.tier,
+        role: c.role,
+        session: c.session,
+        tags: c.tags,
+        ..Default::default()
+    };
+    let (id, status) = store_record(st, r, Some(old))?;
+    Ok(ContradictResult { id: uuid_str(&id), status, supersedes: uuid_str(&old) })
+}
+
+pub(super) fn reinforce(st: &mut State, ids: &[String]) -> Result<ReinforceResult, ErrorBody> {
+    if ids.is_empty() || ids.len() > proto::MAX_REINFORCE_IDS {
+        return Err(invalid(format!("give between 1 and {} ids", proto::MAX_REINFORCE_IDS)));
+    }
+    let mut parsed = Vec::with_capacity(ids.len());
+    for id in ids {
+        let p = parse_id(id)?;
+        if !parsed.contains(&p) {
+            parsed.push(p);
+        }
+    }
+    let missing: Vec<String> = parsed.iter().filter(|id| !st.db.exists(id).unwrap_or(false)).map(uuid_str).collect();
+    if !missing.is_empty() {
+        return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", missing.join(", "))));
+    }
+    let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Reinforce, &parsed)?;
+    st.db
+        .write(Some(&counter), |tx| {
+            for (i, a) in parsed.iter().enumerate() {
+                db::reinforce(tx, a, 1)?;
+                for b in &parsed[i + 1..] {
+                    db::add_edge(tx, a, b, db::EDGE_REINFORCED, 1)?;
+                }
+            }
+            db::insert_event(tx, &event)
+        })
+        .map_err(storage)?;
+    for id in &parsed {
+        st.index.reinforce(id, 1);
+    }
+    Ok(ReinforceResult { ids: parsed.iter().map(uuid_str).collect() })
+}
+
+pub(super) fn recall(st: &mut State, r: RecallRequest) -> Result<RecallResult, ErrorBody> {
+    if r.cue.trim().is_empty() {
+        return Err(invalid("cue is empty"));
+    }
+    check_len("cue", &r.cue, proto::MAX_CUE)?;
+    let limit = r.limit.unwrap_or(proto::DEFAULT_RECALL_LIMIT);
+    if limit == 0 || limit > proto::MAX_RECALL_LIMIT {
+        return Err(invalid(format!("limit must be between 1 and {}", proto::MAX_RECALL_LIMIT)));
+    }
+    let offset = r.offset.unwrap_or(0);
+    if offset.saturating_add(limit) > proto::MAX_RECALL_DEPTH {
+        return Err(invalid(format!("offset + limit must be at most {}", proto::MAX_RECALL_DEPTH)));
+    }
+    if let (Some(a), Some(b)) = (r.since, r.until) {
+        if a >= b {
+            return Err(invalid("since must be before until"));
+        }
+    }
+    let filter = Filter {
+        tier: r.tier.map(Tier::code),
+        role: r.role.map(Role::code),
+        session: r.session,
+        since: r.since,
+        until: r.until,
+        project: r.project,
+    };
+    let (ranked, more) = st.index.search(&r.cue, offset as usize, limit as usize, &filter, now_ms());
+    hits_for(st, ranked, more)
+}
+
+/// Unseals the records behind ranked index entries into hits.
+pub(super) fn hits_for(st: &mut State, ranked: Vec<(DocMeta, f64)>, more: bool) -> Result<RecallResult, ErrorBody> {
+    let mut rows = Vec::with_capacity(ranked.len());
+    for (meta, score) in ranked {
+        if let Some(row) = st.db.get(&meta.id).map_err(storage)? {
+            rows.push((row, meta, score));
+        }
+    }
+    let items = rows
+        .iter()
+        .map(|(row, _, _)| UnsealItem { field: Field::RecordBody, row: RowId(row.id), blob: row.body.clone() })
+        .collect();
+    let plain = st.kh.unseal(items).map_err(keyholder_error)?;
+    let mut hits = Vec::with_capacity(rows.len());
+    for ((row, meta, score), p) in rows.into_iter().zip(plain) {
+        let Some(body) = p.ok().and_then(|p| serde_json::from_slice::<Body>(&p).ok()) else {
+            iai_policy::log!("storer: record {} does not authenticate; left out of the results", uuid_str(&row.id));
+            continue;
+        };
+        hits.push(Hit {
+            id: uuid_str(&row.id),
+            score,
+            created_at: row.created_at,
+            tier: Tier::from_code(row.tier).unwrap_or_default(),
+            role: Role::from_code(row.role).unwrap_or_default(),
+            text: body.text,
+            cue: body.cue,
+            tags: body.tags,
+            session: body.session,
+            reinforced: meta.reinforced,
+            superseded_by: meta.superseded_by.as_ref().map(uuid_str),
+            project: body.project,
+        });
+    }
+    let more = fit_reply(&mut hits) || more;
+    Ok(RecallResult { hits, more })
+}
+
+/// Keeps the longest prefix of `items` whose JSON fits [`REPLY_BUDGET`]
+/// (always at least one: a single record fits by construction); true if
+/// any were left out, for the next page.
+pub(super) fn fit_reply<T: Serialize>(items: &mut Vec<T>) -> bool {
+    let mut used = 0usize;
+    let mut keep = 0usize;
+    for item in items.iter() {
+        let n = crate::limits::json_len(item).saturating_add(1);
+        if keep > 0 && used.saturating_add(n) > crate::limits::REPLY_BUDGET {
+            break;
+        }
+        used = used.saturating_add(n);
+        keep += 1;
+    }
+    let cut = keep < items.len();
+    items.truncate(keep);
+    cut
+}
+
+pub(super) fn forget(st: &mut State, id: &str) -> Result<ForgetResult, ErrorBody> {
+    let id = parse_id(id)?;
+    let Some(row) = st.db.get(&id).map_err(storage)? else {
+        return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", uuid_str(&id))));
+    };
+    let plain = st
+        .kh
+        .unseal(vec![UnsealItem { field: Field::RecordBody, row: RowId(id), blob: row.body }])
+        .map_err(keyholder_error)?;
+    let body = plain.into_iter().next().and_then(|p| p.ok()).and_then(|p| serde_json::from_slice::<Body>(&p).ok());
+    let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Forget, &[id])?;
+    let (_, erased) = st.db.delete(&id, &event, &counter).map_err(|e| match storage(e) {
+        full if full.code == ErrorCode::DiskFull => ErrorBody::new(
+            ErrorCode::DiskFull,
+            "the disk holding the iai-mcp store is full and its space reserve is used up: nothing was \
+             forgotten. Free some space on it, then forget again",
+        ),
+        other => other,
+    })?;
+    if !erased {
+        iai_policy::log!("storer: a forgotten record's old pages wait for a checkpoint (the disk is full)");
+    }
+    if let Some(body) = body {
+        st.index.remove(&id, &body.searchable());
+    }
+    Ok(ForgetResult { id: uuid_str(&id), forgotten: true, erased })
+}
+
+pub(super) fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, ErrorBody> {
+    let limit = e.limit.unwrap_or(proto::DEFAULT_EVENTS_LIMIT);
+    if limit == 0 || limit > proto::MAX_EVENTS_LIMIT {
+        return Err(invalid(format!("limit must be between 1 and {}", proto::MAX_EVENTS_LIMIT)));
+    }
+    let rows = st.db.events(e.since.unwrap_or(0), e.kind.map(|k| i64::from(k.code())), limit).map_err(storage)?;
+    let items = rows
+        .iter()
+        .map(|r| UnsealItem { field: Field::EventDetail, row: RowId(r.id), blob: r.detail.clone() })
+        .collect();
+    let plain = st.kh.unseal(items).map_err(keyholder_error)?;
+    let mut events = Vec::with_capacity(rows.len());
+    for (row, p) in rows.into_iter().zip(plain) {
+        let Some(kind) = EventKind::from_code(row.kind) else { continue };
+        let records = p.ok().and_then(|p| serde_json::from_slice::<EventDetail>(&p).ok()).map(|d| d.records);
+        let Some(records) = records else {
+            iai_policy::log!("storer: event {} does not authenticate; left out", uuid_str(&row.id));
+            continue;
+        };
+        events.push(Event { id: uuid_str(&row.id), at: row.at, kind, records });
+    }
+    let more = fit_reply(&mut events);
+    Ok(EventsResult { events, more })
+}
+
+/// Records that the store was unlocked. On a full disk the event is left
+/// out (and said so in the log and in `status`): memories must stay readable.
+pub(super) fn log_unlock(st: &mut State) -> Result<(), ErrorBody> {
+    let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Unlock, &[])?;
+    match st.db.write(Some(&counter), |tx| db::insert_event(tx, &event)) {
+        Err(e) if db::is_disk_full(&e) => {
+            iai_policy::log!("storer: the disk is full: unlocked without recording an unlock event");
+            Ok(())
+        }
+        other => other.map_err(storage),
+    }
+}
+
+pub(super) fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
+    let counts = st.index.tier_counts();
+    let per_tier = Tier::ALL
+        .into_iter()
+        .map(|t| TierCount { tier: t, records: counts.get(&t.code()).copied().unwrap_or(0) })
+        .collect();
+    let store_bytes = std::fs::read_dir(st.home.store_dir())
+        .map(|rd| rd.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .unwrap_or(0);
+    let info = st.kh.info();
+    Ok(Stats {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        records: st.index.len(),
+        per_tier,
+        events: st.db.event_count().map_err(storage)?,
+        unreadable: st.unreadable,
+        store_bytes,
+        storer_pid: std::process::id(),
+        keyholder_pid: st.keyholder_pid,
+        seal_count: info.seal_count,
+        seal_limit: info.seal_limit,
+        degraded: st.degraded.clone(),
+        disk_full: st.db.disk_full(),
+        memory_locked: st.memory_locked,
+    })
+}
