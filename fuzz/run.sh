@@ -6,7 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")"
 seconds="${1:-30}"
 if ! cargo afl --version >/dev/null 2>&1; then
-  cargo install --locked cargo-afl --version 0.18.2
+  for try in 1 2 3; do
+    if cargo install --locked cargo-afl --version 0.18.2; then break; fi
+    [ "$try" = 3 ] && { echo "could not install cargo-afl from crates.io" >&2; exit 1; }
+    sleep 10
+  done
 fi
 cargo afl build --release --locked
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AFL_NO_AFFINITY=1
