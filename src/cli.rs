@@ -435,7 +435,7 @@ pub fn shim_role(_home: Home, connector_fd: i32, opts: iai_policy::Options) -> i
             return 1;
         }
     }
-    iai_shim::run(iai_shim::Reach::Connector(connector))
+    iai_shim::run(connector)
 }
 
 /// `init` and `unlock` hold the passphrase (and `init` the new data key):

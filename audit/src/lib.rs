@@ -147,7 +147,7 @@ pub fn run(home: &Home, caller_env_has_passphrase: bool) -> Result<Report, Audit
         Check::pass("env.passphrase", "IAI_MCP_PASSPHRASE is not set in this shell")
     });
     checks.extend(kernel_checks(&iai_policy::KernelFeatures::probe()));
-    checks.extend(roles::check(home, uid));
+    checks.extend(roles::check(home));
     checks.push(binary_check(uid));
     Ok(Report { version: JSON_VERSION, home: home.root().display().to_string(), checks })
 }

@@ -160,15 +160,8 @@ pub fn role_checks(name: &str, pid: u32, f: &RoleFacts, sandbox: &Sandbox, net: 
 /// from `/proc/swaps` and the storer's own `VmLck` against its `VmRSS`.
 fn swap_check(storer: u32) -> Check {
     let unencrypted = iai_policy::swap::unencrypted();
-    let status = std::fs::read_to_string(format!("/proc/{storer}/status")).unwrap_or_default();
-    let kib = |k: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(k))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    let (locked, rss) = (kib("VmLck:"), kib("VmRSS:"));
+    let (locked, rss) =
+        (iai_policy::procs::status_kib(storer, "VmLck:"), iai_policy::procs::status_kib(storer, "VmRSS:"));
     let all_locked = rss > 0 && locked * 10 >= rss * 9;
     if unencrypted.is_empty() {
         Check::pass(
@@ -193,8 +186,7 @@ fn swap_check(storer: u32) -> Check {
 /// The running roles of this home, taken from the kernel (the pid file's
 /// lock, `/proc/PID/cmdline` and `PPid`), never from the storer's own report;
 /// the storer's report is compared with them.
-pub fn check(home: &Home, uid: u32) -> Vec<Check> {
-    let _ = uid;
+pub fn check(home: &Home) -> Vec<Check> {
     let mut out = Vec::new();
     let net = network_inodes();
     let running = iai_policy::procs::running(home);

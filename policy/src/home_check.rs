@@ -180,7 +180,7 @@ pub fn check(home: &Home, uid: u32) -> Vec<Problem> {
 
 /// The pid of the process holding a `flock` on `path`, from `/proc/locks`.
 pub fn flock_holder(path: &Path) -> Option<u32> {
-    let ino = entry(path).ok().flatten().and_then(|_| std::fs::symlink_metadata(path).ok()).map(|m| m.ino())?;
+    let ino = std::fs::symlink_metadata(path).ok()?.ino();
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
     locks.lines().find_map(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();

@@ -80,9 +80,15 @@ pub fn is_role(pid: u32, role: &str, root: &Path) -> bool {
     args.get(1) == Some(&role.as_bytes()) && home.is_some_and(|h| Path::new(std::ffi::OsStr::from_bytes(h)) == root)
 }
 
-fn status_field(pid: u32, key: &str) -> Option<String> {
+/// A field of `/proc/PID/status`, trimmed (e.g. `VmLck:` → `"1234 kB"`).
+pub fn status_field(pid: u32, key: &str) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string())
+}
+
+/// A `kB` field of `/proc/PID/status` (`VmRSS:`, `VmLck:`), 0 when absent.
+pub fn status_kib(pid: u32, key: &str) -> u64 {
+    status_field(pid, key).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 fn uid(pid: u32) -> Option<u32> {

@@ -17,11 +17,11 @@ mod schema;
 mod tools;
 
 pub use neutralize::{is_hidden, neutralize};
-pub use tools::{Reach, Shim, INSTRUCTIONS, RECALL_NOTICE};
+pub use tools::{Shim, INSTRUCTIONS, RECALL_NOTICE};
 
 /// Serves MCP on stdin/stdout until the host closes the stream; returns the
 /// process exit code.
-pub fn run(reach: Reach) -> i32 {
+pub fn run(connector: iai_storer::connector::Connector) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -31,7 +31,7 @@ pub fn run(reach: Reach) -> i32 {
     };
     runtime.block_on(async move {
         use rmcp::ServiceExt;
-        let service = match Shim::new(reach).serve(rmcp::transport::stdio()).await {
+        let service = match Shim::new(connector).serve(rmcp::transport::stdio()).await {
             Ok(s) => s,
             Err(e) => {
                 iai_policy::log!("iai-mcp mcp: the MCP session did not start: {e}");

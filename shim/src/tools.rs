@@ -3,8 +3,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
-use iai_policy::Home;
 use iai_storer::client::{Client, ClientError};
+use iai_storer::connector::Connector;
 use iai_storer::limits::{HOST_CHARS_PER_TOKEN, HOST_TOOL_RESULT_BYTES};
 use iai_storer::proto::{self, ErrorCode};
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -210,27 +210,11 @@ pub struct EventsOutput {
     pub events: Vec<EventOutput>,
 }
 
-/// How the shim reaches the storer.
-pub enum Reach {
-    /// Connect to the home's socket itself (tests, tools without a sandbox).
-    Socket(Home),
-    /// Ask the connector, the sandboxed shim's only way out.
-    Connector(iai_storer::connector::Connector),
-}
-
-impl Reach {
-    fn connect(&self) -> Result<Client, ClientError> {
-        match self {
-            Reach::Socket(home) => Client::connect(home),
-            Reach::Connector(c) => c.connect(),
-        }
-    }
-}
-
 /// The MCP server: one lazily opened, self-healing connection to the storer.
 #[derive(Clone)]
 pub struct Shim {
-    reach: Arc<Reach>,
+    /// The shim's only way to the storer: connections its connector makes.
+    connector: Arc<Connector>,
     conn: Arc<Mutex<Option<Client>>>,
     tool_router: ToolRouter<Shim>,
 }
@@ -251,7 +235,7 @@ fn parse_time(what: &str, s: &str) -> Result<i64, String> {
 }
 
 impl Shim {
-    pub fn new(reach: Reach) -> Shim {
+    pub fn new(connector: Connector) -> Shim {
         let mut tool_router = Self::tool_router();
         for route in tool_router.map.values_mut() {
             crate::schema::make_portable(Arc::make_mut(&mut route.attr.input_schema));
@@ -259,7 +243,7 @@ impl Shim {
                 crate::schema::make_portable(Arc::make_mut(out));
             }
         }
-        Shim { reach: Arc::new(reach), conn: Arc::new(Mutex::new(None)), tool_router }
+        Shim { connector: Arc::new(connector), conn: Arc::new(Mutex::new(None)), tool_router }
     }
 
     /// Runs `f` on the storer connection, opening it if needed. A broken
@@ -269,13 +253,13 @@ impl Shim {
         &self,
         f: impl Fn(&mut Client) -> Result<T, ClientError> + Send + 'static,
     ) -> Result<T, ClientError> {
-        let reach = Arc::clone(&self.reach);
+        let connector = Arc::clone(&self.connector);
         let conn = Arc::clone(&self.conn);
         tokio::task::spawn_blocking(move || {
             let mut guard = conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             for attempt in 0..2 {
                 if guard.is_none() {
-                    *guard = Some(reach.connect()?);
+                    *guard = Some(connector.connect()?);
                 }
                 let Some(client) = guard.as_mut() else { continue };
                 match f(client) {
