@@ -888,7 +888,20 @@ fn status(home: &Home, json: bool) -> Result<()> {
             "  WARNING: the disk holding the store is full: new memories are NOT being stored until space is freed"
         );
     }
-    if s.unreadable > 0 {
+    if s.integrity_problems > 0 {
+        println!(
+            "  WARNING: the store's files were changed outside iai-mcp: {} problems found, {} memories left out of \
+             recall; what was changed is not trusted:",
+            s.integrity_problems, s.unreadable
+        );
+        for p in &s.integrity {
+            println!("    - {}", printable(p));
+        }
+        let more = s.integrity_problems.saturating_sub(s.integrity.len() as u64);
+        if more > 0 {
+            println!("    - and {more} more (see {})", home.root().join("run/daemon.log").display());
+        }
+    } else if s.unreadable > 0 {
         println!("  WARNING: {} records did not authenticate and are not served", s.unreadable);
     }
     for d in &s.degraded {

@@ -183,6 +183,33 @@ fn swap_check(storer: u32) -> Check {
     }
 }
 
+/// What the storer found changed in the files (it checks every sealed value
+/// against the audit trail at unlock, and duplicates and events as it serves).
+fn integrity(s: &iai_storer::proto::Stats) -> Check {
+    if s.integrity_problems == 0 {
+        return Check::pass(
+            "store.integrity",
+            format!(
+                "every memory, record state and event of the audit trail was verified at unlock ({} memories, {} events)",
+                s.records, s.events
+            ),
+        );
+    }
+    let more = s.integrity_problems.saturating_sub(s.integrity.len() as u64);
+    Check::fail(
+        "store.integrity",
+        format!(
+            "the store's files were changed outside iai-mcp ({} problems; {} memories left out): {}{}",
+            s.integrity_problems,
+            s.unreadable,
+            s.integrity.join("; "),
+            if more > 0 { format!("; and {more} more (see run/daemon.log)") } else { String::new() }
+        ),
+        "find out what wrote to the store (it needs no passphrase to delete or put back rows); restore the store from a \
+         backup you trust, or `iai-mcp forget` the memories named",
+    )
+}
+
 /// The running roles of this home, taken from the kernel (the pid file's
 /// lock, `/proc/PID/cmdline` and `PPid`), never from the storer's own report;
 /// the storer's report is compared with them.
@@ -216,6 +243,7 @@ pub fn check(home: &Home) -> Vec<Check> {
                 ),
             ));
             if let Some(s) = &stats {
+                out.push(integrity(s));
                 if s.storer_pid != r.storer || Some(s.keyholder_pid) != kh {
                     out.push(Check::fail(
                         "daemon.identity",

@@ -34,6 +34,12 @@ pub enum Field {
     EventDetail = 2,
     /// `meta.value`: a storer setting that derives from memories (e.g. a transcript position).
     MetaValue = 3,
+    /// `records.state`: what changes after capture (reinforcement, superseded
+    /// by, the last event that touched the record).
+    RecordState = 4,
+    /// `meta.event_head`: the newest event of the audit trail, so that events
+    /// cut from its end are noticed.
+    EventHead = 5,
 }
 
 impl Field {
@@ -42,6 +48,8 @@ impl Field {
             1 => Some(Field::RecordBody),
             2 => Some(Field::EventDetail),
             3 => Some(Field::MetaValue),
+            4 => Some(Field::RecordState),
+            5 => Some(Field::EventHead),
             _ => None,
         }
     }
@@ -51,6 +59,8 @@ impl Field {
             Field::RecordBody => (1, 1),
             Field::EventDetail => (2, 1),
             Field::MetaValue => (3, 1),
+            Field::RecordState => (1, 2),
+            Field::EventHead => (4, 1),
         }
     }
 }

@@ -1,7 +1,11 @@
-//! The SQLite store. Every value derived from a memory is a sealed blob; the
-//! columns in the clear are ids, times, tier, role, counters, edges between
-//! record ids, event kinds, and the keyed duplicate tag (an HMAC, useless
-//! without the key).
+//! The SQLite store (format 2). A stolen copy of the files shows row
+//! numbers, random ids, sizes and sealed blobs, nothing more: a record's
+//! time, tier, role, session and project live in its sealed body, what
+//! changes after capture (reinforcement, superseded by) in its sealed
+//! state, and every event's time and kind in its sealed detail. The keyed
+//! duplicate tag (an HMAC, useless without the key) is the one lookup column.
+//! Format 1 kept tier, role, times, counters and edges in the clear;
+//! `daemon::upgrade` converts it once, at unlock.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -10,27 +14,53 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 const COUNTER_KEY: &str = "seal_counter";
+const EVENT_HEAD_KEY: &str = "event_head";
 /// Set with every delete, cleared once the files are rebuilt.
 const ERASE_PENDING: &str = "erase_pending";
 
-/// Edge kinds in the `edges` table.
-pub const EDGE_CONTRADICTS: i64 = 1;
-pub const EDGE_REINFORCED: i64 = 2;
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS records(
+         seq INTEGER PRIMARY KEY,
+         id BLOB NOT NULL UNIQUE,
+         dup_tag BLOB NOT NULL,
+         body BLOB NOT NULL,
+         state BLOB NOT NULL);
+     CREATE INDEX IF NOT EXISTS records_dup_tag ON records(dup_tag);
+     CREATE TABLE IF NOT EXISTS events(
+         seq INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE, detail BLOB NOT NULL);
+     CREATE TABLE IF NOT EXISTS cursors(id BLOB PRIMARY KEY, value BLOB NOT NULL);
+     CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);";
 
-/// One stored record, still sealed.
+/// One stored record, still sealed. `seq` is its place in capture order.
 pub struct Row {
+    pub seq: i64,
+    pub id: [u8; 16],
+    pub dup_tag: Vec<u8>,
+    pub body: Vec<u8>,
+    pub state: Vec<u8>,
+}
+
+/// One audit-trail event, its time, kind and records sealed in `detail`.
+pub struct EventRow {
+    pub seq: i64,
+    pub id: [u8; 16],
+    pub detail: Vec<u8>,
+}
+
+/// A format-1 record, as it was stored (only the upgrade reads these).
+pub struct RowV1 {
     pub id: [u8; 16],
     pub created_at: i64,
     pub tier: i64,
     pub role: i64,
     pub reinforced: i64,
+    pub dup_tag: Vec<u8>,
     pub body: Vec<u8>,
 }
 
-/// One audit-trail event, its detail sealed.
-pub struct EventRow {
+/// A format-1 event.
+pub struct EventRowV1 {
     pub id: [u8; 16],
     pub at: i64,
     pub kind: i64,
@@ -68,27 +98,35 @@ impl Db {
         conn.pragma_update(None, "secure_delete", "ON")?;
         // Sorts and temporary tables never touch a file.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS records(
-                 id BLOB NOT NULL UNIQUE,
-                 created_at INTEGER NOT NULL,
-                 tier INTEGER NOT NULL,
-                 role INTEGER NOT NULL,
-                 pinned INTEGER NOT NULL DEFAULT 0,
-                 reinforced INTEGER NOT NULL DEFAULT 0,
-                 dup_tag BLOB NOT NULL UNIQUE,
-                 body BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS edges(
-                 src BLOB NOT NULL, dst BLOB NOT NULL, kind INTEGER NOT NULL, weight INTEGER NOT NULL,
-                 PRIMARY KEY(src, dst, kind));
-             CREATE INDEX IF NOT EXISTS edges_dst ON edges(dst);
-             CREATE TABLE IF NOT EXISTS events(
-                 id BLOB PRIMARY KEY, at INTEGER NOT NULL, kind INTEGER NOT NULL, detail BLOB NOT NULL);
-             CREATE INDEX IF NOT EXISTS events_at ON events(at);
-             CREATE TABLE IF NOT EXISTS cursors(id BLOB PRIMARY KEY, value BLOB NOT NULL);
-             CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v BLOB NOT NULL);",
-        )?;
-        conn.execute("INSERT OR IGNORE INTO meta(k, v) VALUES('schema_version', ?1)", params![SCHEMA_VERSION])?;
+        let has_meta: bool =
+            conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'meta'", [], |r| {
+                r.get::<_, i64>(0).map(|n| n > 0)
+            })?;
+        let version: Option<i64> = if has_meta {
+            conn.query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0)).optional()?
+        } else {
+            None
+        };
+        match version {
+            // A new store, or one that never finished its first open.
+            None => {
+                let tx = conn.unchecked_transaction()?;
+                tx.execute_batch(SCHEMA)?;
+                tx.execute("INSERT OR REPLACE INTO meta(k, v) VALUES('schema_version', ?1)", params![SCHEMA_VERSION])?;
+                tx.commit()?;
+            }
+            // Upgraded by the storer once the keyholder is there.
+            Some(1) | Some(SCHEMA_VERSION) => {}
+            Some(v) => {
+                return Err(rusqlite::Error::SqliteFailure(
+                    rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_MISMATCH),
+                    Some(format!(
+                        "the store is in format {v}, which this version of iai-mcp does not know \
+                         (it knows formats 1 and {SCHEMA_VERSION}); use a newer iai-mcp"
+                    )),
+                ))
+            }
+        }
         // A forget whose erasure a crash interrupted is finished first.
         let pending: Option<i64> =
             conn.query_row("SELECT v FROM meta WHERE k = ?1", params![ERASE_PENDING], |r| r.get(0)).optional()?;
@@ -99,6 +137,11 @@ impl Db {
         }
         db.replenish_reserve();
         Ok(db)
+    }
+
+    /// The store's format: 1 until `daemon::upgrade` has run, then 2.
+    pub fn version(&self) -> rusqlite::Result<i64> {
+        self.conn.query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0))
     }
 
     /// Whether the last write failed because the disk is full.
@@ -149,18 +192,22 @@ impl Db {
         self.conn.query_row("SELECT v FROM meta WHERE k = ?1", params![COUNTER_KEY], |r| r.get(0)).optional()
     }
 
-    pub fn find_by_tag(&self, tag: &[u8; 32]) -> rusqlite::Result<Option<[u8; 16]>> {
-        self.conn
-            .query_row("SELECT id FROM records WHERE dup_tag = ?1", params![&tag[..]], |r| r.get::<_, [u8; 16]>(0))
-            .optional()
+    /// Records whose tag column says they hold this text. The column is not
+    /// authenticated: callers check each candidate's sealed body.
+    pub fn find_by_tag(&self, tag: &[u8; 32]) -> rusqlite::Result<Vec<([u8; 16], Vec<u8>)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT id, body FROM records WHERE dup_tag = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map(params![&tag[..]], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        rows.collect()
     }
 
-    pub fn exists(&self, id: &[u8; 16]) -> rusqlite::Result<bool> {
-        Ok(self
-            .conn
-            .query_row("SELECT 1 FROM records WHERE id = ?1", params![&id[..]], |_| Ok(()))
-            .optional()?
-            .is_some())
+    /// The sealed newest event, if any event was ever written.
+    pub fn event_head(&self) -> rusqlite::Result<Option<Vec<u8>>> {
+        self.conn.query_row("SELECT v FROM meta WHERE k = ?1", params![EVENT_HEAD_KEY], |r| r.get(0)).optional()
+    }
+
+    /// The next free record number.
+    pub fn next_record_seq(&self) -> rusqlite::Result<i64> {
+        self.conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM records", [], |r| r.get(0))
     }
 
     /// Runs `f` in one transaction and stores the keyholder's newest counter
@@ -197,25 +244,26 @@ impl Db {
 
     pub fn get(&self, id: &[u8; 16]) -> rusqlite::Result<Option<Row>> {
         self.conn
-            .query_row(
-                "SELECT id, created_at, tier, role, reinforced, body FROM records WHERE id = ?1",
-                params![&id[..]],
-                row_from,
-            )
+            .query_row("SELECT seq, id, dup_tag, body, state FROM records WHERE id = ?1", params![&id[..]], row_from)
             .optional()
     }
 
-    /// Deletes a record and its edges so that none of its bytes remain in the
+    /// Deletes a record so that none of its bytes remain in the
     /// database files: `secure_delete` zeroes the freed cells, and a truncating
     /// checkpoint empties the WAL that still held the old pages.
     ///
     /// Works on a full disk (the reserve is spent if it must be). Returns
     /// whether a row was deleted, and whether the checkpoint that erases
     /// the old pages ran; if it could not, it runs again on a later write.
-    pub fn delete(&mut self, id: &[u8; 16], event: &EventRow, counter: &[u8]) -> rusqlite::Result<(bool, bool)> {
+    pub fn delete(
+        &mut self,
+        id: &[u8; 16],
+        event: &EventRow,
+        head: &[u8],
+        counter: &[u8],
+    ) -> rusqlite::Result<(bool, bool)> {
         let n = self.write_freeing(Some(counter), |tx| {
-            tx.execute("DELETE FROM edges WHERE src = ?1 OR dst = ?1", params![&id[..]])?;
-            insert_event(tx, event)?;
+            insert_event(tx, event, head)?;
             // Crash-safe erasure: if the process dies before the erase below,
             // the next start finds this and erases first.
             tx.execute("INSERT OR REPLACE INTO meta(k, v) VALUES(?1, 1)", params![ERASE_PENDING])?;
@@ -260,23 +308,13 @@ impl Db {
         Ok(())
     }
 
-    /// (new, old) pairs: `new` contradicts, and so supersedes, `old`.
-    pub fn contradictions(&self) -> rusqlite::Result<Vec<([u8; 16], [u8; 16])>> {
-        let mut stmt = self.conn.prepare("SELECT src, dst FROM edges WHERE kind = ?1 ORDER BY rowid")?;
-        let rows = stmt.query_map(params![EDGE_CONTRADICTS], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        rows.collect()
-    }
-
-    /// Newest first.
-    pub fn events(&self, since: i64, kind: Option<i64>, limit: u32) -> rusqlite::Result<Vec<EventRow>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT id, at, kind, detail FROM events WHERE at >= ?1 AND (?2 IS NULL OR kind = ?2)
-             ORDER BY at DESC, id DESC LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![since, kind, limit], |r| {
-            Ok(EventRow { id: r.get(0)?, at: r.get(1)?, kind: r.get(2)?, detail: r.get(3)? })
-        })?;
-        rows.collect()
+    /// One event's sealed detail by its place in the trail.
+    pub fn event(&self, seq: i64) -> rusqlite::Result<Option<EventRow>> {
+        self.conn
+            .query_row("SELECT seq, id, detail FROM events WHERE seq = ?1", params![seq], |r| {
+                Ok(EventRow { seq: r.get(0)?, id: r.get(1)?, detail: r.get(2)? })
+            })
+            .optional()
     }
 
     /// A sealed cursor value by its keyed id.
@@ -284,69 +322,163 @@ impl Db {
         self.conn.query_row("SELECT value FROM cursors WHERE id = ?1", params![&id[..]], |r| r.get(0)).optional()
     }
 
-    pub fn event_count(&self) -> rusqlite::Result<u64> {
-        self.conn.query_row("SELECT count(*) FROM events", [], |r| r.get(0))
-    }
-
-    /// Visits every record in id (time) order, `batch` rows at a time.
-    pub fn for_each_batch<E>(&self, batch: usize, mut f: impl FnMut(Vec<Row>) -> Result<(), E>) -> Result<(), E>
+    /// Visits every record in capture order, `batch` rows at a time.
+    pub fn for_each_batch<E>(&self, batch: usize, f: impl FnMut(Vec<Row>) -> Result<(), E>) -> Result<(), E>
     where
         E: From<rusqlite::Error>,
     {
-        let mut stmt =
-            self.conn.prepare("SELECT id, created_at, tier, role, reinforced, body FROM records ORDER BY id")?;
-        let mut rows = stmt.query([])?;
-        let mut buf = Vec::with_capacity(batch);
-        while let Some(r) = rows.next()? {
-            buf.push(row_from(r)?);
-            if buf.len() == batch {
-                f(std::mem::take(&mut buf))?;
-            }
+        batches(&self.conn, "SELECT seq, id, dup_tag, body, state FROM records ORDER BY seq", batch, row_from, f)
+    }
+
+    /// Visits every event in trail order, `batch` rows at a time.
+    pub fn for_each_event_batch<E>(&self, batch: usize, f: impl FnMut(Vec<EventRow>) -> Result<(), E>) -> Result<(), E>
+    where
+        E: From<rusqlite::Error>,
+    {
+        let read = |r: &rusqlite::Row<'_>| {
+            let id = r.get::<_, Vec<u8>>(1).ok().and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok());
+            let detail = if id.is_some() { r.get::<_, Vec<u8>>(2).unwrap_or_default() } else { Vec::new() };
+            Ok(EventRow { seq: r.get(0)?, id: id.unwrap_or([0; 16]), detail })
+        };
+        batches(&self.conn, "SELECT seq, id, detail FROM events ORDER BY seq", batch, read, f)
+    }
+
+    /// Replaces the format-1 tables by format-2 ones filled by `fill`, all in
+    /// one transaction (a crash leaves format 1 untouched), then rebuilds the
+    /// files so that no byte of the old clear columns remains. `fill` returns
+    /// the keyholder's newest counter.
+    pub fn upgrade<E>(&mut self, fill: impl FnOnce(&Transaction<'_>) -> Result<Option<Vec<u8>>, E>) -> Result<(), E>
+    where
+        E: From<rusqlite::Error>,
+    {
+        let tx = self.conn.transaction()?;
+        tx.execute_batch(
+            "ALTER TABLE records RENAME TO records_v1;
+             ALTER TABLE events RENAME TO events_v1;
+             DROP INDEX IF EXISTS events_at;",
+        )?;
+        tx.execute_batch(SCHEMA)?;
+        let counter = fill(&tx)?;
+        tx.execute_batch("DROP TABLE records_v1; DROP TABLE events_v1; DROP TABLE IF EXISTS edges;")?;
+        tx.execute("INSERT OR REPLACE INTO meta(k, v) VALUES('schema_version', ?1)", params![SCHEMA_VERSION])?;
+        if let Some(c) = counter {
+            tx.execute("INSERT OR REPLACE INTO meta(k, v) VALUES(?1, ?2)", params![COUNTER_KEY, c])?;
         }
-        if !buf.is_empty() {
-            f(buf)?;
-        }
+        tx.execute("INSERT OR REPLACE INTO meta(k, v) VALUES(?1, 1)", params![ERASE_PENDING])?;
+        tx.commit()?;
+        self.erase()?;
         Ok(())
     }
 }
 
-pub fn insert_record(tx: &Transaction<'_>, row: &Row, dup_tag: &[u8; 32]) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO records(id, created_at, tier, role, reinforced, dup_tag, body) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![&row.id[..], row.created_at, row.tier, row.role, row.reinforced, &dup_tag[..], row.body],
-    )?;
+/// Format-1 records in their old (id, that is time) order, during the upgrade.
+pub fn for_each_v1_batch<E>(
+    conn: &Connection,
+    batch: usize,
+    f: impl FnMut(Vec<RowV1>) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<rusqlite::Error>,
+{
+    let read = |r: &rusqlite::Row<'_>| {
+        Ok(RowV1 {
+            id: r.get(0)?,
+            created_at: r.get(1)?,
+            tier: r.get(2)?,
+            role: r.get(3)?,
+            reinforced: r.get(4)?,
+            dup_tag: r.get(5)?,
+            body: r.get(6)?,
+        })
+    };
+    let sql = "SELECT id, created_at, tier, role, reinforced, dup_tag, body FROM records_v1 ORDER BY id";
+    batches(conn, sql, batch, read, f)
+}
+
+/// Every format-1 record id, during the upgrade.
+pub fn v1_ids(conn: &Connection) -> rusqlite::Result<Vec<[u8; 16]>> {
+    let mut stmt = conn.prepare("SELECT id FROM records_v1")?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    rows.collect()
+}
+
+/// Every format-1 event, oldest first, during the upgrade.
+pub fn v1_events(conn: &Connection) -> rusqlite::Result<Vec<EventRowV1>> {
+    let mut stmt = conn.prepare("SELECT id, at, kind, detail FROM events_v1 ORDER BY at, id")?;
+    let rows =
+        stmt.query_map([], |r| Ok(EventRowV1 { id: r.get(0)?, at: r.get(1)?, kind: r.get(2)?, detail: r.get(3)? }))?;
+    rows.collect()
+}
+
+/// Format-1 contradiction edges as (new, old), oldest first, during the upgrade.
+pub fn v1_contradictions(conn: &Connection) -> rusqlite::Result<Vec<([u8; 16], [u8; 16])>> {
+    let mut stmt = conn.prepare("SELECT src, dst FROM edges WHERE kind = 1 ORDER BY rowid")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
+/// Runs `sql` and hands its rows to `f` in batches of `batch`.
+fn batches<T, E>(
+    conn: &Connection,
+    sql: &str,
+    batch: usize,
+    read: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    mut f: impl FnMut(Vec<T>) -> Result<(), E>,
+) -> Result<(), E>
+where
+    E: From<rusqlite::Error>,
+{
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query([])?;
+    let mut buf = Vec::with_capacity(batch);
+    while let Some(r) = rows.next()? {
+        buf.push(read(r)?);
+        if buf.len() == batch {
+            f(std::mem::take(&mut buf))?;
+        }
+    }
+    if !buf.is_empty() {
+        f(buf)?;
+    }
     Ok(())
 }
 
-pub fn insert_event(tx: &Transaction<'_>, e: &EventRow) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO events(id, at, kind, detail) VALUES(?1, ?2, ?3, ?4)",
-        params![&e.id[..], e.at, e.kind, e.detail],
-    )?;
+/// Inserts a record with the sealed `state` (`row.state` is not used).
+pub fn insert_record(tx: &Transaction<'_>, row: &Row, state: &[u8]) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO records(seq, id, dup_tag, body, state) VALUES(?1, ?2, ?3, ?4, ?5)")?
+        .execute(params![row.seq, &row.id[..], row.dup_tag, row.body, state])?;
+    Ok(())
+}
+
+/// Replaces a record's sealed state.
+pub fn set_state(tx: &Transaction<'_>, id: &[u8; 16], state: &[u8]) -> rusqlite::Result<()> {
+    tx.prepare_cached("UPDATE records SET state = ?2 WHERE id = ?1")?.execute(params![&id[..], state])?;
+    Ok(())
+}
+
+/// Appends an event to the trail and moves the sealed head to it.
+pub fn insert_event(tx: &Transaction<'_>, e: &EventRow, head: &[u8]) -> rusqlite::Result<()> {
+    insert_event_row(tx, e)?;
+    set_event_head(tx, head)
+}
+
+/// Appends an event without moving the head (the upgrade moves it once).
+pub fn insert_event_row(tx: &Transaction<'_>, e: &EventRow) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT INTO events(seq, id, detail) VALUES(?1, ?2, ?3)")?.execute(params![
+        e.seq,
+        &e.id[..],
+        e.detail
+    ])?;
+    Ok(())
+}
+
+pub fn set_event_head(tx: &Transaction<'_>, head: &[u8]) -> rusqlite::Result<()> {
+    tx.prepare_cached("INSERT OR REPLACE INTO meta(k, v) VALUES(?1, ?2)")?.execute(params![EVENT_HEAD_KEY, head])?;
     Ok(())
 }
 
 pub fn set_cursor(tx: &Transaction<'_>, id: &[u8; 16], sealed: &[u8]) -> rusqlite::Result<()> {
     tx.execute("INSERT OR REPLACE INTO cursors(id, value) VALUES(?1, ?2)", params![&id[..], sealed])?;
-    Ok(())
-}
-
-/// Adds `by` to a record's reinforcement; returns the new value.
-pub fn reinforce(tx: &Transaction<'_>, id: &[u8; 16], by: i64) -> rusqlite::Result<i64> {
-    tx.query_row(
-        "UPDATE records SET reinforced = reinforced + ?2 WHERE id = ?1 RETURNING reinforced",
-        params![&id[..], by],
-        |r| r.get(0),
-    )
-}
-
-/// Adds `by` to the weight of an edge, creating it.
-pub fn add_edge(tx: &Transaction<'_>, src: &[u8; 16], dst: &[u8; 16], kind: i64, by: i64) -> rusqlite::Result<()> {
-    tx.execute(
-        "INSERT INTO edges(src, dst, kind, weight) VALUES(?1, ?2, ?3, ?4)
-         ON CONFLICT(src, dst, kind) DO UPDATE SET weight = weight + ?4",
-        params![&src[..], &dst[..], kind, by],
-    )?;
     Ok(())
 }
 
@@ -369,13 +501,13 @@ fn write_zeros(path: &Path, len: u64) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// Reads a record row. The file may have been edited: a column of the wrong
+/// type reads as empty, so the row fails its checks instead of the unlock.
 fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
-    Ok(Row {
-        id: r.get(0)?,
-        created_at: r.get(1)?,
-        tier: r.get(2)?,
-        role: r.get(3)?,
-        reinforced: r.get(4)?,
-        body: r.get(5)?,
-    })
+    let bytes = |i: usize| r.get::<_, Vec<u8>>(i).unwrap_or_default();
+    let (id, body) = match <[u8; 16]>::try_from(bytes(1).as_slice()) {
+        Ok(id) => (id, bytes(3)),
+        Err(_) => ([0; 16], Vec::new()),
+    };
+    Ok(Row { seq: r.get(0)?, id, dup_tag: bytes(2), body, state: bytes(4) })
 }

@@ -175,6 +175,11 @@ impl Index {
         self.by_id.contains_key(id)
     }
 
+    /// A live record's facts.
+    pub fn meta(&self, id: &[u8; 16]) -> Option<&DocMeta> {
+        self.by_id.get(id).map(|&slot| &self.docs[slot as usize].meta)
+    }
+
     /// Adds a record. `text` is everything searchable (text, cue, tags).
     pub fn add(&mut self, meta: DocMeta, text: &str) {
         if self.by_id.contains_key(&meta.id) {

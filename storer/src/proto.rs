@@ -439,8 +439,15 @@ pub struct Stats {
     pub records: u64,
     pub per_tier: Vec<TierCount>,
     pub events: u64,
-    /// Records whose sealed body did not authenticate at unlock (tampering or corruption).
+    /// Records left out at unlock: their sealed values did not authenticate
+    /// or did not match the audit trail (tampering or corruption).
     pub unreadable: u64,
+    /// Changes found in the files that iai-mcp did not make (at unlock and since).
+    #[serde(default)]
+    pub integrity_problems: u64,
+    /// The first of them, in plain words.
+    #[serde(default)]
+    pub integrity: Vec<String>,
     pub store_bytes: u64,
     pub storer_pid: u32,
     pub keyholder_pid: u32,

@@ -4,6 +4,7 @@
 mod audit;
 mod homes;
 mod hooks;
+mod integrity;
 mod keyfile;
 mod lifecycle;
 mod mcp;

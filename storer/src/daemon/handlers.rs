@@ -18,58 +18,84 @@ pub(super) fn handle(st: &mut State, req: Request) -> Result<serde_json::Value, 
     }
 }
 
-/// Inserts a record, or reinforces the identical one. `supersedes` adds a
-/// contradiction edge from the new record to that one in the same transaction.
+/// Inserts a record, or reinforces the identical one. `supersedes` marks
+/// that one as superseded by the new record in the same transaction.
 pub(super) fn store_record(
     st: &mut State,
     r: CaptureRequest,
     supersedes: Option<[u8; 16]>,
 ) -> Result<([u8; 16], CaptureStatus), ErrorBody> {
     validate(&r)?;
+    let old_state = match supersedes {
+        Some(old) => Some(current_state(st, &old).ok_or_else(|| not_found(&old))?),
+        None => None,
+    };
     let tag = dup_tag(st, &r.text)?;
-    if let Some(id) = st.db.find_by_tag(&tag).map_err(storage)? {
-        if supersedes == Some(id) {
-            return Err(invalid("the new fact is identical to the memory it contradicts"));
-        }
-        let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Reinforce };
-        let touched: Vec<[u8; 16]> = std::iter::once(id).chain(supersedes).collect();
-        let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), kind, &touched)?;
-        st.db
-            .write(Some(&counter), |tx| {
-                db::reinforce(tx, &id, 1)?;
-                if let Some(old) = supersedes {
-                    db::add_edge(tx, &id, &old, db::EDGE_CONTRADICTS, 1)?;
-                }
-                db::insert_event(tx, &event)
-            })
-            .map_err(storage)?;
-        st.index.reinforce(&id, 1);
-        if let Some(old) = supersedes {
-            st.index.supersede(&old, id);
-        }
-        return Ok((id, CaptureStatus::Reinforced));
+    let duplicate = find_duplicate(st, &tag)?;
+    if duplicate.is_some() && duplicate == supersedes {
+        return Err(invalid("the new fact is identical to the memory it contradicts"));
     }
-
-    let (mut row, body, item) = new_record(r, now_ms())?;
-    let id = row.id;
-    let kind = if supersedes.is_some() { EventKind::Contradict } else { EventKind::Capture };
+    let kind = match (supersedes, duplicate) {
+        (Some(_), _) => EventKind::Contradict,
+        (None, Some(_)) => EventKind::Reinforce,
+        (None, None) => EventKind::Capture,
+    };
+    let event = st.trail.next(kind);
+    let (id, new, mut items) = match duplicate {
+        Some(id) => {
+            let (reinforced, by) = current_state(st, &id).ok_or_else(|| internal("a duplicate left the index"))?;
+            (id, None, vec![state_item(id, reinforced.saturating_add(1), by, &event)])
+        }
+        None => {
+            let (row, body, item) = new_record(r, now_ms(), st.next_record_seq, &tag)?;
+            let id = row.id;
+            (id, Some((row, body)), vec![item, state_item(id, 0, None, &event)])
+        }
+    };
+    if let (Some(old), Some((reinforced, _))) = (supersedes, old_state) {
+        items.push(state_item(old, reinforced, Some(id), &event));
+    }
     let touched: Vec<[u8; 16]> = std::iter::once(id).chain(supersedes).collect();
-    let Sealed { mut blobs, event, counter } = seal_with_event(st, vec![item], kind, &touched)?;
-    row.body = blobs.pop().ok_or_else(|| internal("no sealed blob"))?;
+    let Sealed { blobs, event: event_row, head, counter } = seal_with_event(st, items, &event, &touched)?;
+    let mut blobs = blobs.into_iter();
+    let mut new = new;
+    if let Some((row, _)) = &mut new {
+        row.body = blobs.next().ok_or_else(|| internal("no sealed body"))?;
+    }
+    let state = blobs.next().ok_or_else(|| internal("no sealed state"))?;
+    let old_blob = blobs.next();
     st.db
         .write(Some(&counter), |tx| {
-            db::insert_record(tx, &row, &tag)?;
-            if let Some(old) = supersedes {
-                db::add_edge(tx, &id, &old, db::EDGE_CONTRADICTS, 1)?;
+            match &new {
+                Some((row, _)) => db::insert_record(tx, row, &state)?,
+                None => db::set_state(tx, &id, &state)?,
             }
-            db::insert_event(tx, &event)
+            if let (Some(old), Some(blob)) = (supersedes, &old_blob) {
+                db::set_state(tx, &old, blob)?;
+            }
+            db::insert_event(tx, &event_row, &head)
         })
         .map_err(storage)?;
-    st.index.add(meta_of(&row, &body), &body.searchable());
+    st.trail.push(event);
+    let status = match new {
+        Some((_, body)) => {
+            st.next_record_seq += 1;
+            st.index.add(meta_of(id, &body, 0), &body.searchable());
+            CaptureStatus::Inserted
+        }
+        None => {
+            st.index.reinforce(&id, 1);
+            CaptureStatus::Reinforced
+        }
+    };
     if let Some(old) = supersedes {
         st.index.supersede(&old, id);
     }
-    Ok((id, CaptureStatus::Inserted))
+    Ok((id, status))
+}
+
+fn not_found(id: &[u8; 16]) -> ErrorBody {
+    ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", uuid_str(id)))
 }
 
 pub(super) fn capture(st: &mut State, c: CaptureRequest) -> Result<CaptureResult, ErrorBody> {
@@ -122,72 +148,95 @@ pub(super) fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<Ca
         None => None,
     };
 
-    // Decide per item: reinforce an existing record (or an earlier item), or insert.
+    // Decide per item: reinforce an existing record (or an earlier item), or
+    // insert; and count what each touched record ends up with.
     let now = now_ms();
+    let event = st.trail.next(EventKind::Capture);
     let mut plan: Vec<Planned> = Vec::with_capacity(records.len());
     let mut seen: Vec<([u8; 32], [u8; 16])> = Vec::new();
-    let mut items = Vec::new();
+    // (id, reinforcement after the batch, superseded by), in first-touch order.
+    let mut touched: Vec<([u8; 16], u32, Option<[u8; 16]>)> = Vec::new();
+    let mut bodies = Vec::new();
+    let mut seq = st.next_record_seq;
     for (r, tag) in records.into_iter().zip(&tags) {
         let existing = match seen.iter().find(|(t, _)| t == tag) {
             Some((_, id)) => Some(*id),
-            None => st.db.find_by_tag(tag).map_err(storage)?,
+            None => find_duplicate(st, tag)?,
         };
         if let Some(id) = existing {
+            match touched.iter_mut().find(|t| t.0 == id) {
+                Some(t) => t.1 = t.1.saturating_add(1),
+                None => {
+                    let (reinforced, by) =
+                        current_state(st, &id).ok_or_else(|| internal("a duplicate left the index"))?;
+                    touched.push((id, reinforced.saturating_add(1), by));
+                }
+            }
+            if !seen.iter().any(|(t, _)| t == tag) {
+                seen.push((*tag, id));
+            }
             plan.push(Planned { new: None, id });
             continue;
         }
-        let (row, body, item) = new_record(r, now)?;
+        let (row, body, item) = new_record(r, now, seq, tag)?;
+        seq += 1;
         let id = row.id;
-        items.push(item);
+        bodies.push(item);
         seen.push((*tag, id));
+        touched.push((id, 0, None));
         plan.push(Planned { new: Some((row, body)), id });
     }
-    let inserted = items.len();
-    if let (Some(c), Some(row)) = (&b.cursor, cursor_row) {
-        let item = SealItem { field: Field::MetaValue, row: RowId(row), plain: c.value.clone().into_bytes() };
-        if plan.is_empty() {
+    if plan.is_empty() {
+        if let (Some(c), Some(row)) = (&b.cursor, cursor_row) {
             // Only the position moved (lines with no turn in them): no event for that.
+            let item = SealItem { field: Field::MetaValue, row: RowId(row), plain: c.value.clone().into_bytes() };
             let (mut blobs, counter) = st.kh.seal(vec![item]).map_err(keyholder_error)?;
             let blob = blobs.pop().ok_or_else(|| internal("missing sealed cursor"))?;
             st.db.write(Some(&counter), |tx| db::set_cursor(tx, &row, &blob)).map_err(storage)?;
-            return Ok(CaptureBatchResult { results: Vec::new() });
         }
-        items.push(item);
-    }
-    if plan.is_empty() {
         return Ok(CaptureBatchResult { results: Vec::new() });
     }
-    let touched: Vec<[u8; 16]> = plan.iter().map(|p| p.id).collect();
-    let Sealed { blobs, event, counter } = seal_with_event(st, items, EventKind::Capture, &touched)?;
+    let inserted = bodies.len();
+    let mut items = bodies;
+    items.extend(touched.iter().map(|&(id, reinforced, by)| state_item(id, reinforced, by, &event)));
+    if let (Some(c), Some(row)) = (&b.cursor, cursor_row) {
+        items.push(SealItem { field: Field::MetaValue, row: RowId(row), plain: c.value.clone().into_bytes() });
+    }
+    let ids: Vec<[u8; 16]> = touched.iter().map(|t| t.0).collect();
+    let Sealed { blobs, event: event_row, head, counter } = seal_with_event(st, items, &event, &ids)?;
     let mut blobs = blobs.into_iter();
     for p in plan.iter_mut() {
         if let Some((row, _)) = &mut p.new {
             row.body = blobs.next().ok_or_else(|| internal("missing sealed blob"))?;
         }
     }
+    let states: Vec<Vec<u8>> = blobs.by_ref().take(touched.len()).collect();
     let sealed_cursor = if cursor_row.is_some() { blobs.next() } else { None };
+    if states.len() != touched.len() || (cursor_row.is_some() && sealed_cursor.is_none()) {
+        return Err(internal("missing sealed blobs"));
+    }
     debug_assert_eq!(plan.iter().filter(|p| p.new.is_some()).count(), inserted);
     st.db
         .write(Some(&counter), |tx| {
-            for (p, tag) in plan.iter().zip(&tags) {
-                match &p.new {
-                    Some((row, _)) => db::insert_record(tx, row, tag)?,
-                    None => {
-                        db::reinforce(tx, &p.id, 1)?;
-                    }
+            for ((id, ..), state) in touched.iter().zip(&states) {
+                match plan.iter().find_map(|p| p.new.as_ref().filter(|(row, _)| row.id == *id)) {
+                    Some((row, _)) => db::insert_record(tx, row, state)?,
+                    None => db::set_state(tx, id, state)?,
                 }
             }
             if let (Some(id), Some(blob)) = (cursor_row, &sealed_cursor) {
                 db::set_cursor(tx, &id, blob)?;
             }
-            db::insert_event(tx, &event)
+            db::insert_event(tx, &event_row, &head)
         })
         .map_err(storage)?;
+    st.trail.push(event);
+    st.next_record_seq = seq;
     let mut results = Vec::with_capacity(plan.len());
     for p in plan {
         let status = match p.new {
             Some((row, body)) => {
-                st.index.add(meta_of(&row, &body), &body.searchable());
+                st.index.add(meta_of(row.id, &body, 0), &body.searchable());
                 CaptureStatus::Inserted
             }
             None => {
@@ -212,8 +261,8 @@ pub(super) fn recent(st: &mut State, r: RecentRequest) -> Result<RecallResult, E
 
 pub(super) fn contradict(st: &mut State, c: ContradictRequest) -> Result<ContradictResult, ErrorBody> {
     let old = parse_id(&c.id)?;
-    if !st.db.exists(&old).map_err(storage)? {
-        return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", uuid_str(&old))));
+    if !st.index.contains(&old) {
+        return Err(not_found(&old));
     }
     let r = CaptureRequest {
         text: c.text,
@@ -239,22 +288,30 @@ pub(super) fn reinforce(st: &mut State, ids: &[String]) -> Result<ReinforceResul
             parsed.push(p);
         }
     }
-    let missing: Vec<String> = parsed.iter().filter(|id| !st.db.exists(id).unwrap_or(false)).map(uuid_str).collect();
+    let missing: Vec<String> = parsed.iter().filter(|id| !st.index.contains(id)).map(uuid_str).collect();
     if !missing.is_empty() {
         return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", missing.join(", "))));
     }
-    let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Reinforce, &parsed)?;
+    // Which memories were useful together is kept in the event (sealed).
+    let event = st.trail.next(EventKind::Reinforce);
+    let mut items = Vec::with_capacity(parsed.len());
+    for id in &parsed {
+        let (reinforced, by) = current_state(st, id).ok_or_else(|| not_found(id))?;
+        items.push(state_item(*id, reinforced.saturating_add(1), by, &event));
+    }
+    let Sealed { blobs, event: event_row, head, counter } = seal_with_event(st, items, &event, &parsed)?;
+    if blobs.len() != parsed.len() {
+        return Err(internal("missing sealed states"));
+    }
     st.db
         .write(Some(&counter), |tx| {
-            for (i, a) in parsed.iter().enumerate() {
-                db::reinforce(tx, a, 1)?;
-                for b in &parsed[i + 1..] {
-                    db::add_edge(tx, a, b, db::EDGE_REINFORCED, 1)?;
-                }
+            for (id, state) in parsed.iter().zip(&blobs) {
+                db::set_state(tx, id, state)?;
             }
-            db::insert_event(tx, &event)
+            db::insert_event(tx, &event_row, &head)
         })
         .map_err(storage)?;
+    st.trail.push(event);
     for id in &parsed {
         st.index.reinforce(id, 1);
     }
@@ -313,9 +370,9 @@ pub(super) fn hits_for(st: &mut State, ranked: Vec<(DocMeta, f64)>, more: bool) 
         hits.push(Hit {
             id: uuid_str(&row.id),
             score,
-            created_at: row.created_at,
-            tier: Tier::from_code(row.tier).unwrap_or_default(),
-            role: Role::from_code(row.role).unwrap_or_default(),
+            created_at: body.created_at,
+            tier: body.tier,
+            role: body.role,
             text: body.text,
             cue: body.cue,
             tags: body.tags,
@@ -350,16 +407,18 @@ pub(super) fn fit_reply<T: Serialize>(items: &mut Vec<T>) -> bool {
 
 pub(super) fn forget(st: &mut State, id: &str) -> Result<ForgetResult, ErrorBody> {
     let id = parse_id(id)?;
+    // A record left out at unlock (it failed its checks) can still be forgotten.
     let Some(row) = st.db.get(&id).map_err(storage)? else {
-        return Err(ErrorBody::new(ErrorCode::NotFound, format!("no memory with id {}", uuid_str(&id))));
+        return Err(not_found(&id));
     };
     let plain = st
         .kh
         .unseal(vec![UnsealItem { field: Field::RecordBody, row: RowId(id), blob: row.body }])
         .map_err(keyholder_error)?;
     let body = plain.into_iter().next().and_then(|p| p.ok()).and_then(|p| serde_json::from_slice::<Body>(&p).ok());
-    let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Forget, &[id])?;
-    let (_, erased) = st.db.delete(&id, &event, &counter).map_err(|e| match storage(e) {
+    let event = st.trail.next(EventKind::Forget);
+    let Sealed { event: event_row, head, counter, .. } = seal_with_event(st, Vec::new(), &event, &[id])?;
+    let (_, erased) = st.db.delete(&id, &event_row, &head, &counter).map_err(|e| match storage(e) {
         full if full.code == ErrorCode::DiskFull => ErrorBody::new(
             ErrorCode::DiskFull,
             "the disk holding the iai-mcp store is full and its space reserve is used up: nothing was \
@@ -367,6 +426,7 @@ pub(super) fn forget(st: &mut State, id: &str) -> Result<ForgetResult, ErrorBody
         ),
         other => other,
     })?;
+    st.trail.push(event);
     if !erased {
         iai_policy::log!("storer: a forgotten record's old pages wait for a checkpoint (the disk is full)");
     }
@@ -381,7 +441,25 @@ pub(super) fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, E
     if limit == 0 || limit > proto::MAX_EVENTS_LIMIT {
         return Err(invalid(format!("limit must be between 1 and {}", proto::MAX_EVENTS_LIMIT)));
     }
-    let rows = st.db.events(e.since.unwrap_or(0), e.kind.map(|k| i64::from(k.code())), limit).map_err(storage)?;
+    let since = e.since.unwrap_or(i64::MIN);
+    let chosen: Vec<EventMeta> = st
+        .trail
+        .events
+        .iter()
+        .rev()
+        .filter(|m| m.at >= since && e.kind.is_none_or(|k| k == m.kind))
+        .take(limit as usize)
+        .copied()
+        .collect();
+    let mut rows = Vec::with_capacity(chosen.len());
+    for m in &chosen {
+        match st.db.event(m.seq).map_err(storage)? {
+            Some(row) if row.id == m.id => rows.push(row),
+            _ => {
+                st.integrity.report(format!("event {} (place {}) left the file while unlocked", uuid_str(&m.id), m.seq))
+            }
+        }
+    }
     let items = rows
         .iter()
         .map(|r| UnsealItem { field: Field::EventDetail, row: RowId(r.id), blob: r.detail.clone() })
@@ -389,13 +467,12 @@ pub(super) fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, E
     let plain = st.kh.unseal(items).map_err(keyholder_error)?;
     let mut events = Vec::with_capacity(rows.len());
     for (row, p) in rows.into_iter().zip(plain) {
-        let Some(kind) = EventKind::from_code(row.kind) else { continue };
-        let records = p.ok().and_then(|p| serde_json::from_slice::<EventDetail>(&p).ok()).map(|d| d.records);
-        let Some(records) = records else {
-            iai_policy::log!("storer: event {} does not authenticate; left out", uuid_str(&row.id));
+        let detail = p.ok().and_then(|p| serde_json::from_slice::<EventDetail>(&p).ok()).filter(|d| d.seq == row.seq);
+        let Some(d) = detail else {
+            st.integrity.report(format!("event {} (place {}) was changed while unlocked", uuid_str(&row.id), row.seq));
             continue;
         };
-        events.push(Event { id: uuid_str(&row.id), at: row.at, kind, records });
+        events.push(Event { id: uuid_str(&row.id), at: d.at, kind: d.kind, records: d.records });
     }
     let more = fit_reply(&mut events);
     Ok(EventsResult { events, more })
@@ -404,13 +481,18 @@ pub(super) fn events(st: &mut State, e: EventsRequest) -> Result<EventsResult, E
 /// Records that the store was unlocked. On a full disk the event is left
 /// out (and said so in the log and in `status`): memories must stay readable.
 pub(super) fn log_unlock(st: &mut State) -> Result<(), ErrorBody> {
-    let Sealed { event, counter, .. } = seal_with_event(st, Vec::new(), EventKind::Unlock, &[])?;
-    match st.db.write(Some(&counter), |tx| db::insert_event(tx, &event)) {
+    let event = st.trail.next(EventKind::Unlock);
+    let Sealed { event: row, head, counter, .. } = seal_with_event(st, Vec::new(), &event, &[])?;
+    match st.db.write(Some(&counter), |tx| db::insert_event(tx, &row, &head)) {
+        Ok(()) => {
+            st.trail.push(event);
+            Ok(())
+        }
         Err(e) if db::is_disk_full(&e) => {
             iai_policy::log!("storer: the disk is full: unlocked without recording an unlock event");
             Ok(())
         }
-        other => other.map_err(storage),
+        Err(e) => Err(storage(e)),
     }
 }
 
@@ -428,8 +510,10 @@ pub(super) fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         records: st.index.len(),
         per_tier,
-        events: st.db.event_count().map_err(storage)?,
+        events: st.trail.events.len() as u64,
         unreadable: st.unreadable,
+        integrity_problems: st.integrity.count,
+        integrity: st.integrity.first.clone(),
         store_bytes,
         storer_pid: std::process::id(),
         keyholder_pid: st.keyholder_pid,

@@ -1,7 +1,11 @@
 //! The storer process (`iai-mcp __storer`), started by the keyholder: its
 //! start-up (this file), the connections it serves (`connections`), the
-//! requests (`handlers`) and what they have sealed (`sealing`).
+//! requests (`handlers`), what they have sealed (`sealing`), the audit trail
+//! and per-record state that make tampering visible (`trail`), the checks
+//! that load the store at unlock (`load`), and the one-time conversion of a
+//! format-1 store (`upgrade`).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
@@ -29,11 +33,15 @@ use crate::proto::{
 
 mod connections;
 mod handlers;
+mod load;
 mod sealing;
+mod trail;
+mod upgrade;
 
 use connections::*;
 use handlers::*;
 use sealing::*;
+use trail::*;
 
 /// Concurrent client connections; past this the longest-idle one is closed
 /// (a new one is refused with `busy` only when every one is mid-request).
@@ -44,10 +52,19 @@ const KEYHOLDER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30
 const LOAD_BATCH: usize = 512;
 const DUP_TAG_DOMAIN: &[u8] = b"iai-mcp duplicate v1\0";
 
-/// The sealed body of a record: everything derived from the memory.
+/// The sealed body of a record: the memory and every fact about it that
+/// never changes. Its place in capture order and its duplicate tag are
+/// copied here so that the clear columns holding them can be checked.
 #[derive(Serialize, Deserialize)]
 struct Body {
     text: String,
+    created_at: i64,
+    tier: Tier,
+    role: Role,
+    /// `records.seq`: the record's place in capture order.
+    seq: i64,
+    /// `records.dup_tag`, hex.
+    dup_tag: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cue: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -77,6 +94,12 @@ struct State {
     db: Db,
     kh: KeyholderClient,
     index: Index,
+    /// The audit trail's events (time, kind), verified at unlock.
+    trail: Trail,
+    /// `records.seq` of the next new record.
+    next_record_seq: i64,
+    /// What was found changed outside iai-mcp.
+    integrity: Integrity,
     unreadable: u64,
     degraded: Vec<String>,
     keyholder_pid: u32,
@@ -173,12 +196,23 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
     if kh.info().degraded {
         degraded.push("keyholder sandbox degraded".into());
     }
-    let mut state =
-        State { home, db, kh, index: Index::default(), unreadable: 0, degraded, keyholder_pid, memory_locked };
-    load_index(&mut state).map_err(|e| fail("storer", e.message))?;
-    for (new, old) in state.db.contradictions().map_err(|e| fail("storer", e))? {
-        state.index.supersede(&old, new);
+    let mut state = State {
+        home,
+        db,
+        kh,
+        index: Index::default(),
+        trail: Trail::default(),
+        next_record_seq: 1,
+        integrity: Integrity::default(),
+        unreadable: 0,
+        degraded,
+        keyholder_pid,
+        memory_locked,
+    };
+    if state.db.version().map_err(|e| fail("storer", format!("cannot read the database: {e}")))? == 1 {
+        upgrade::run(&mut state).map_err(|e| fail("storer", format!("upgrading the store: {}", e.message)))?;
     }
+    load::run(&mut state).map_err(|e| fail("storer", e.message))?;
     log_unlock(&mut state).map_err(|e| fail("storer", e.message))?;
     // The index is built: the keyholder narrows what it serves from here on.
     state.kh.ready().map_err(|e| fail("storer", format!("keyholder: {e}")))?;
@@ -195,43 +229,21 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
     Ok((listener, Arc::new(Mutex::new(state))))
 }
 
-/// Builds the in-memory index from every record, unsealing in batches.
-fn load_index(state: &mut State) -> Result<(), ErrorBody> {
-    let State { db, kh, index, unreadable, .. } = state;
-    db.for_each_batch(LOAD_BATCH, |rows| {
-        let items = rows
-            .iter()
-            .map(|r| UnsealItem { field: Field::RecordBody, row: RowId(r.id), blob: r.body.clone() })
-            .collect();
-        let plain = kh.unseal(items).map_err(keyholder_error)?;
-        for (row, p) in rows.into_iter().zip(plain) {
-            match p.ok().and_then(|p| serde_json::from_slice::<Body>(&p).ok()) {
-                Some(body) => index.add(meta_of(&row, &body), &body.searchable()),
-                None => {
-                    *unreadable += 1;
-                    iai_policy::log!("storer: record {} does not authenticate; it is skipped", uuid_str(&row.id));
-                }
-            }
-        }
-        Ok(())
-    })
-}
-
 impl From<rusqlite::Error> for ErrorBody {
     fn from(e: rusqlite::Error) -> Self {
         storage(e)
     }
 }
 
-fn meta_of(row: &Row, body: &Body) -> DocMeta {
+fn meta_of(id: [u8; 16], body: &Body, reinforced: u32) -> DocMeta {
     DocMeta {
-        id: row.id,
-        created_at: row.created_at,
-        tier: u8::try_from(row.tier).unwrap_or(0),
-        role: u8::try_from(row.role).unwrap_or(0),
+        id,
+        created_at: body.created_at,
+        tier: body.tier.code(),
+        role: body.role.code(),
         session: body.session.clone(),
         project: body.project.clone(),
-        reinforced: u32::try_from(row.reinforced).unwrap_or(u32::MAX),
+        reinforced,
         superseded_by: None,
     }
 }

@@ -1,52 +1,7 @@
-//! Everything a write needs sealed by the keyholder: record bodies, event
-//! details, duplicate tags and cursor ids, and the ids of new rows.
+//! Everything a write needs sealed by the keyholder besides the trail
+//! (`trail`): record bodies, duplicate tags and cursor ids.
 
 use super::*;
-
-/// The sealed detail of an event: the records it touched.
-#[derive(Serialize, Deserialize)]
-pub(super) struct EventDetail {
-    pub(super) records: Vec<String>,
-}
-
-pub(super) fn new_id(at_ms: i64) -> [u8; 16] {
-    let ts = uuid::Timestamp::from_unix(uuid::NoContext, (at_ms / 1000) as u64, ((at_ms % 1000) * 1_000_000) as u32);
-    *uuid::Uuid::new_v7(ts).as_bytes()
-}
-
-/// An event row id and the item that seals its detail.
-pub(super) fn event_item(records: &[[u8; 16]]) -> Result<([u8; 16], SealItem), ErrorBody> {
-    let id = new_id(now_ms());
-    let detail = EventDetail { records: records.iter().map(uuid_str).collect() };
-    let plain = serde_json::to_vec(&detail).map_err(internal)?;
-    Ok((id, SealItem { field: Field::EventDetail, row: RowId(id), plain }))
-}
-
-pub(super) fn event_row(id: [u8; 16], kind: EventKind, detail: Vec<u8>) -> EventRow {
-    EventRow { id, at: now_ms(), kind: i64::from(kind.code()), detail }
-}
-
-/// What one write needs sealed: the blobs in request order, the event that
-/// records the write, and the keyholder's counter to store with them.
-pub(super) struct Sealed {
-    pub(super) blobs: Vec<Vec<u8>>,
-    pub(super) event: EventRow,
-    pub(super) counter: Vec<u8>,
-}
-
-/// Seals `items` plus the detail of one event.
-pub(super) fn seal_with_event(
-    st: &mut State,
-    mut items: Vec<SealItem>,
-    kind: EventKind,
-    records: &[[u8; 16]],
-) -> Result<Sealed, ErrorBody> {
-    let (event_id, item) = event_item(records)?;
-    items.push(item);
-    let (mut blobs, counter) = st.kh.seal(items).map_err(keyholder_error)?;
-    let detail = blobs.pop().ok_or_else(|| internal("no sealed event"))?;
-    Ok(Sealed { blobs, event: event_row(event_id, kind, detail), counter })
-}
 
 pub(super) fn dup_tag(st: &mut State, text: &str) -> Result<[u8; 32], ErrorBody> {
     let mut input = DUP_TAG_DOMAIN.to_vec();
@@ -54,21 +9,54 @@ pub(super) fn dup_tag(st: &mut State, text: &str) -> Result<[u8; 32], ErrorBody>
     st.kh.tag(vec![input]).map_err(keyholder_error)?.pop().ok_or_else(|| internal("no tag"))
 }
 
-/// A new record's row (body still to be sealed), its body, and the item
-/// that seals the body.
-pub(super) fn new_record(r: CaptureRequest, now: i64) -> Result<(Row, Body, SealItem), ErrorBody> {
-    let created_at = r.created_at.unwrap_or(now);
-    let id = new_id(created_at);
-    let row = Row {
-        id,
-        created_at,
-        tier: i64::from(r.tier.code()),
-        role: i64::from(r.role.code()),
-        reinforced: 0,
-        body: Vec::new(),
-    };
+pub(super) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The live record that holds exactly the text whose tag is `tag`, if any.
+/// The tag column is only a lookup: a candidate counts when its sealed body
+/// carries the same tag; one that does not was changed in the file.
+pub(super) fn find_duplicate(st: &mut State, tag: &[u8; 32]) -> Result<Option<[u8; 16]>, ErrorBody> {
+    let candidates: Vec<_> =
+        st.db.find_by_tag(tag).map_err(storage)?.into_iter().filter(|(id, _)| st.index.contains(id)).collect();
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    let items = candidates
+        .iter()
+        .map(|(id, body)| UnsealItem { field: Field::RecordBody, row: RowId(*id), blob: body.clone() })
+        .collect();
+    let plain = st.kh.unseal(items).map_err(keyholder_error)?;
+    let want = hex(tag);
+    for ((id, _), p) in candidates.into_iter().zip(plain) {
+        match p.ok().and_then(|p| serde_json::from_slice::<Body>(&p).ok()) {
+            Some(body) if body.dup_tag == want => return Ok(Some(id)),
+            _ => st.integrity.report(format!(
+                "memory {}: its duplicate-tag column was changed in the file; it is not taken as a duplicate",
+                uuid_str(&id)
+            )),
+        }
+    }
+    Ok(None)
+}
+
+/// A new record's row (body and state still to be sealed), its body, and
+/// the item that seals the body.
+pub(super) fn new_record(
+    r: CaptureRequest,
+    now: i64,
+    seq: i64,
+    tag: &[u8; 32],
+) -> Result<(Row, Body, SealItem), ErrorBody> {
+    let id = new_id();
+    let row = Row { seq, id, dup_tag: tag.to_vec(), body: Vec::new(), state: Vec::new() };
     let body = Body {
         text: r.text,
+        created_at: r.created_at.unwrap_or(now),
+        tier: r.tier,
+        role: r.role,
+        seq,
+        dup_tag: hex(tag),
         cue: r.cue,
         tags: r.tags,
         session: r.session,
