@@ -11,6 +11,13 @@ mod sys;
 
 use std::process::ExitCode;
 
+/// Every heap block is wiped when freed, in every role: memories, cues and
+/// passphrases pass through buffers that no code could reliably wipe by hand
+/// (parsers, growing vectors, reply encoders). SECURITY.md, "Plaintext in the
+/// storer's memory".
+#[global_allocator]
+static ALLOC: zeroizing_alloc::ZeroAlloc<std::alloc::System> = zeroizing_alloc::ZeroAlloc(std::alloc::System);
+
 fn main() -> ExitCode {
     if let Some(code) = roles::dispatch() {
         return ExitCode::from(code);

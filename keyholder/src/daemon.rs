@@ -234,7 +234,11 @@ pub fn serve(mut stream: UnixStream, mut sealer: Sealer, degraded: bool) -> i32 
             }
         };
         let response = handle(&mut sealer, &mut phase, degraded, request);
-        if write_frame(&mut stream, &response.encode()).is_err() {
+        let sent = write_frame(&mut stream, &response.encode());
+        drop((body, response));
+        // Ciphers and encoders leave plaintext in stack frames below this one.
+        iai_policy::wipe::stack();
+        if sent.is_err() {
             return 0;
         }
     }

@@ -1,13 +1,15 @@
 //! The storer ⇄ keyholder protocol, over the socketpair the keyholder created.
 //!
-//! Frame: `length u32 LE | version u8 | kind u8 | payload`, length capped at
-//! [`MAX_FRAME`], batches capped at [`MAX_BATCH`] items. Every length read from
+//! Frame (`iai_policy::frame`, shared with the client socket): `length u32 LE
+//! | version u8 | kind u8 | payload`, length capped at [`MAX_FRAME`], batches capped at [`MAX_BATCH`] items. Every length read from
 //! the peer is checked against what is left of the frame before anything is
 //! allocated. A frame that does not decode ends the connection (and so the
 //! keyholder); a request the keyholder will not serve is an ordinary
 //! [`Response::Refused`].
 
 use std::io::{self, Read, Write};
+
+use iai_policy::frame::{self, Frame};
 
 use crate::keyfile::KeyId;
 use crate::seal::{Field, RowId, SealError};
@@ -150,37 +152,26 @@ pub enum WireError {
 
 /// Reads one frame body; `Ok(None)` on a clean end of stream between frames.
 pub fn read_frame(r: &mut impl Read) -> Result<Option<Vec<u8>>, WireError> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err(WireError::Malformed("end of stream inside a length prefix")),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
+    match frame::read(r, MAX_FRAME) {
+        Ok(Frame::Body(body)) => Ok(Some(body)),
+        Ok(Frame::Eof) => Ok(None),
+        Ok(Frame::TooLarge(n)) => Err(WireError::FrameTooLarge(n)),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            Err(WireError::Malformed(if e.to_string() == frame::CUT_IN_PREFIX {
+                frame::CUT_IN_PREFIX
+            } else {
+                frame::CUT_IN_BODY
+            }))
         }
+        Err(e) => Err(WireError::Io(e)),
     }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::FrameTooLarge(len));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(|e| match e.kind() {
-        io::ErrorKind::UnexpectedEof => WireError::Malformed("end of stream inside a frame"),
-        _ => WireError::Io(e),
-    })?;
-    Ok(Some(body))
 }
 
 pub fn write_frame(w: &mut impl Write, body: &[u8]) -> Result<(), WireError> {
     if body.len() > MAX_FRAME {
         return Err(WireError::FrameTooLarge(body.len()));
     }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(body);
-    w.write_all(&buf)?;
+    frame::write(w, body, MAX_FRAME)?;
     Ok(())
 }
 

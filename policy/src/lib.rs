@@ -21,6 +21,7 @@ compile_error!(
      scripts/bench-sandbox-cost.sh, which also sets RUSTFLAGS=--cfg iai_bench_build"
 );
 
+pub mod frame;
 pub mod home_check;
 pub mod layout;
 pub mod log;
@@ -28,6 +29,7 @@ pub mod procs;
 pub mod swap;
 mod sys;
 pub mod syscalls;
+pub mod wipe;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -88,7 +88,7 @@ impl Client {
             .raw(&proto::encode_request(req))?
             .ok_or_else(|| ClientError::Protocol("the storer closed the connection".into()))?;
         match proto::decode_reply(&body).map_err(ClientError::Protocol)? {
-            Ok(v) => serde_json::from_value(v).map_err(|e| ClientError::Protocol(format!("unexpected reply: {e}"))),
+            Ok(v) => serde_json::from_str(v.get()).map_err(|e| ClientError::Protocol(format!("unexpected reply: {e}"))),
             Err(e) => Err(ClientError::Refused(e)),
         }
     }

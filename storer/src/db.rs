@@ -205,6 +205,11 @@ impl Db {
         self.conn.query_row("SELECT v FROM meta WHERE k = ?1", params![EVENT_HEAD_KEY], |r| r.get(0)).optional()
     }
 
+    /// The next free place in the audit trail.
+    pub fn next_event_seq(&self) -> rusqlite::Result<i64> {
+        self.conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| r.get(0))
+    }
+
     /// The next free record number.
     pub fn next_record_seq(&self) -> rusqlite::Result<i64> {
         self.conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM records", [], |r| r.get(0))

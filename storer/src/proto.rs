@@ -13,7 +13,10 @@
 
 use std::io::{self, Read, Write};
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 pub const PROTOCOL_VERSION: u32 = 1;
 pub use crate::limits::{
@@ -506,15 +509,19 @@ impl ErrorBody {
 }
 
 /// Parses one frame body into a request, or the precise reason it is refused.
+///
+/// The top level is read once and each member stays a slice of `body`, so a
+/// memory's text is copied only into the request built from it (no
+/// intermediate JSON values: every copy is one more to leave in memory).
 pub fn parse_request(body: &[u8]) -> Result<Request, ErrorBody> {
     let text = std::str::from_utf8(body).map_err(|e| {
         ErrorBody::new(ErrorCode::InvalidUtf8, format!("request is not valid UTF-8 (at byte {})", e.valid_up_to()))
     })?;
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| ErrorBody::new(ErrorCode::MalformedJson, format!("request is not valid JSON: {e}")))?;
-    let obj =
-        value.as_object().ok_or_else(|| ErrorBody::new(ErrorCode::MalformedJson, "request must be a JSON object"))?;
-    match obj.get("v").and_then(serde_json::Value::as_u64) {
+    let mut members: BTreeMap<String, &RawValue> = serde_json::from_str(text).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ErrorBody::new(ErrorCode::MalformedJson, "request must be a JSON object"),
+        _ => ErrorBody::new(ErrorCode::MalformedJson, format!("request is not valid JSON: {e}")),
+    })?;
+    match members.remove("v").and_then(|v| serde_json::from_str::<u64>(v.get()).ok()) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => {
             return Err(ErrorBody::new(
@@ -524,94 +531,81 @@ pub fn parse_request(body: &[u8]) -> Result<Request, ErrorBody> {
         }
         None => return Err(ErrorBody::new(ErrorCode::UnsupportedVersion, "request has no protocol version \"v\"")),
     }
-    let kind = obj
+    let kind = members
         .get("type")
-        .and_then(serde_json::Value::as_str)
+        .and_then(|t| serde_json::from_str::<String>(t.get()).ok())
         .ok_or_else(|| ErrorBody::new(ErrorCode::UnknownRequest, "request has no \"type\""))?;
-    if !REQUEST_TYPES.contains(&kind) {
+    if !REQUEST_TYPES.contains(&kind.as_str()) {
         return Err(ErrorBody::new(ErrorCode::UnknownRequest, format!("unknown request type {kind:?}")));
     }
-    let mut obj = obj.clone();
-    obj.remove("v");
-    serde_json::from_value(serde_json::Value::Object(obj))
+    let map = serde::de::value::MapDeserializer::<_, serde_json::Error>::new(members.into_iter());
+    Request::deserialize(map)
         .map_err(|e| ErrorBody::new(ErrorCode::InvalidArgument, format!("invalid {kind} request: {e}")))
 }
 
-pub fn encode_request(req: &Request) -> Vec<u8> {
-    let mut v = serde_json::to_value(req).unwrap_or(serde_json::Value::Null);
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("v".into(), PROTOCOL_VERSION.into());
-    }
-    serde_json::to_vec(&v).unwrap_or_default()
+/// A request on the wire: the protocol version beside the request's own members.
+#[derive(Serialize)]
+struct Envelope<'a> {
+    v: u32,
+    #[serde(flatten)]
+    request: &'a Request,
 }
 
-pub fn encode_ok(result: &impl Serialize) -> Vec<u8> {
-    let result = serde_json::to_value(result).unwrap_or(serde_json::Value::Null);
-    serde_json::to_vec(&serde_json::json!({"v": PROTOCOL_VERSION, "ok": true, "result": result})).unwrap_or_default()
+pub fn encode_request(req: &Request) -> Vec<u8> {
+    serde_json::to_vec(&Envelope { v: PROTOCOL_VERSION, request: req }).unwrap_or_default()
+}
+
+#[derive(Serialize)]
+struct Reply<'a, T: Serialize + ?Sized> {
+    v: u32,
+    ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a T>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a ErrorBody>,
+}
+
+pub fn encode_ok<T: Serialize + ?Sized>(result: &T) -> Vec<u8> {
+    let reply = Reply { v: PROTOCOL_VERSION, ok: true, result: Some(result), error: None };
+    serde_json::to_vec(&reply).unwrap_or_default()
 }
 
 pub fn encode_err(err: &ErrorBody) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({"v": PROTOCOL_VERSION, "ok": false, "error": err})).unwrap_or_default()
+    let reply = Reply::<()> { v: PROTOCOL_VERSION, ok: false, result: None, error: Some(err) };
+    serde_json::to_vec(&reply).unwrap_or_default()
 }
 
-/// Decodes a reply body into the result value or the storer's error.
-pub fn decode_reply(body: &[u8]) -> Result<Result<serde_json::Value, ErrorBody>, String> {
+/// Decodes a reply body into its result (still JSON, a slice of `body`) or
+/// the storer's error.
+pub fn decode_reply(body: &[u8]) -> Result<Result<&RawValue, ErrorBody>, String> {
     #[derive(Deserialize)]
-    struct Reply {
+    struct Reply<'a> {
         v: u32,
         ok: bool,
-        #[serde(default)]
-        result: serde_json::Value,
+        #[serde(default, borrow)]
+        result: Option<&'a RawValue>,
         error: Option<ErrorBody>,
     }
-    let r: Reply = serde_json::from_slice(body).map_err(|e| format!("malformed reply from the storer: {e}"))?;
+    let r: Reply<'_> = serde_json::from_slice(body).map_err(|e| format!("malformed reply from the storer: {e}"))?;
     if r.v != PROTOCOL_VERSION {
         return Err(format!("the storer speaks protocol version {}, this client {PROTOCOL_VERSION}", r.v));
     }
     match (r.ok, r.error) {
-        (true, _) => Ok(Ok(r.result)),
+        (true, _) => Ok(Ok(r.result.unwrap_or(RawValue::NULL))),
         (false, Some(e)) => Ok(Err(e)),
         (false, None) => Err("the storer reported an error without details".into()),
     }
 }
 
-/// A frame read result: the body, a clean end of stream, or an oversized
-/// length (the connection cannot continue after it).
-pub enum Frame {
-    Body(Vec<u8>),
-    Eof,
-    TooLarge(usize),
-}
+pub use iai_policy::frame::Frame;
 
+/// Reads one client frame (`iai_policy::frame`, at most [`MAX_FRAME`]).
 pub fn read_frame(r: &mut impl Read) -> io::Result<Frame> {
-    let mut len = [0u8; 4];
-    let mut got = 0;
-    while got < 4 {
-        match r.read(&mut len[got..]) {
-            Ok(0) if got == 0 => return Ok(Frame::Eof),
-            Ok(0) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "end of stream inside a length prefix")),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    let len = u32::from_le_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Ok(Frame::TooLarge(len));
-    }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body)?;
-    Ok(Frame::Body(body))
+    iai_policy::frame::read(r, MAX_FRAME)
 }
 
 pub fn write_frame(w: &mut impl Write, body: &[u8]) -> io::Result<()> {
-    if body.len() > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "frame exceeds the maximum size"));
-    }
-    let mut buf = Vec::with_capacity(4 + body.len());
-    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    buf.extend_from_slice(body);
-    w.write_all(&buf)
+    iai_policy::frame::write(w, body, MAX_FRAME)
 }
 
 #[cfg(test)]

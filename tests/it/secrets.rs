@@ -117,3 +117,49 @@ fn the_storer_locks_its_memory_when_the_limit_allows_and_says_so() {
     };
     assert!(kib("VmLck:") * 10 >= kib("VmRSS:") * 9, "VmLck {} of VmRSS {}", kib("VmLck:"), kib("VmRSS:"));
 }
+
+/// Issue 10.6: a memory passes through the storer (request frame, parsed
+/// request, sealed body's plaintext, keyholder frames, recall reply) and the
+/// keyholder (seal and unseal). Once the capture and a recall of it are
+/// answered, no copy of the whole text may remain in either process: the
+/// index keeps words, never the text, and every freed buffer is wiped.
+#[test]
+fn a_memory_leaves_no_copy_in_the_daemons_once_answered() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: reading another process's memory needs root");
+        return;
+    }
+    let h = TestHome::init_unlocked();
+    let (kh, st) = h.pids();
+    let mut texts = Vec::new();
+    for i in 0..20 {
+        let text = format!(
+            "Remember that vault {i} opens with 4815{i}623 and the guard called Wilhelmina{i} keeps its spare key"
+        );
+        let r = iai_storer::proto::CaptureRequest { text: text.clone(), ..Default::default() };
+        h.client().capture(r).expect("capture");
+        texts.push(text);
+    }
+    let recall =
+        iai_storer::proto::RecallRequest { cue: "vault guard spare key".into(), limit: Some(20), ..Default::default() };
+    let hits = h.client().recall(recall).expect("recall").hits;
+    assert_eq!(hits.len(), 20, "every canary comes back");
+    // The reply reaches us just before the storer's thread drops its buffer.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    no_whole_text(&texts, [("storer", st), ("keyholder", kh)], "after capture and recall");
+    // At unlock the storer unseals every memory to build its index.
+    assert!(h.run(&["lock"]).status.success());
+    h.unlock();
+    let (kh, st) = h.pids();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    no_whole_text(&texts, [("storer", st), ("keyholder", kh)], "after the index was built at unlock");
+}
+
+fn no_whole_text(texts: &[String], procs: [(&str, u32); 2], when: &str) {
+    for (name, pid) in procs {
+        let mem = memory_of(pid);
+        assert!(mem.len() > 100_000, "read {} bytes of the {name}", mem.len());
+        let left = texts.iter().filter(|t| mem.windows(t.len()).any(|w| w == t.as_bytes())).count();
+        assert_eq!(left, 0, "{left} of {} texts still whole in the {name}'s memory {when}", texts.len());
+    }
+}

@@ -157,7 +157,7 @@ pub(super) fn connection(mut stream: UnixStream, state: &Mutex<State>, socket: &
                     }
                 }
                 match result {
-                    Ok(v) => proto::encode_ok(&v),
+                    Ok(reply) => reply,
                     Err(e) => proto::encode_err(&e),
                 }
             }
@@ -176,6 +176,10 @@ pub(super) fn connection(mut stream: UnixStream, state: &Mutex<State>, socket: &
             reply
         };
         let written = proto::write_frame(&mut stream, &reply);
+        drop((body, reply));
+        // Parsers, ciphers' callers and encoders leave plaintext in stack
+        // frames below this one; the heap is wiped as it is freed.
+        iai_policy::wipe::stack();
         mark(false);
         if written.is_err() {
             return;

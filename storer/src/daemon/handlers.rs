@@ -2,18 +2,23 @@
 
 use super::*;
 
-pub(super) fn handle(st: &mut State, req: Request) -> Result<serde_json::Value, ErrorBody> {
+/// Serves one request; the reply comes encoded (results go straight from
+/// their types to the frame, never through an intermediate JSON value).
+pub(super) fn handle(st: &mut State, req: Request) -> Result<Vec<u8>, ErrorBody> {
+    fn ok<T: Serialize>(r: Result<T, ErrorBody>) -> Result<Vec<u8>, ErrorBody> {
+        r.map(|v| proto::encode_ok(&v))
+    }
     match req {
-        Request::Capture(c) => to_value(capture(st, c)),
-        Request::Recall(r) => to_value(recall(st, r)),
-        Request::Forget { id } => to_value(forget(st, &id)),
-        Request::Contradict(c) => to_value(contradict(st, c)),
-        Request::Reinforce { ids } => to_value(reinforce(st, &ids)),
-        Request::Events(e) => to_value(events(st, e)),
-        Request::Recent(r) => to_value(recent(st, r)),
-        Request::CaptureBatch(b) => to_value(capture_batch(st, b)),
-        Request::GetCursor { key } => to_value(get_cursor(st, &key)),
-        Request::Stats => to_value(stats(st)),
+        Request::Capture(c) => ok(capture(st, c)),
+        Request::Recall(r) => ok(recall(st, r)),
+        Request::Forget { id } => ok(forget(st, &id)),
+        Request::Contradict(c) => ok(contradict(st, c)),
+        Request::Reinforce { ids } => ok(reinforce(st, &ids)),
+        Request::Events(e) => ok(events(st, e)),
+        Request::Recent(r) => ok(recent(st, r)),
+        Request::CaptureBatch(b) => ok(capture_batch(st, b)),
+        Request::GetCursor { key } => ok(get_cursor(st, &key)),
+        Request::Stats => ok(stats(st)),
         Request::Shutdown => Err(internal("shutdown is handled by the connection")),
     }
 }
@@ -64,19 +69,16 @@ pub(super) fn store_record(
     }
     let state = blobs.next().ok_or_else(|| internal("no sealed state"))?;
     let old_blob = blobs.next();
-    st.db
-        .write(Some(&counter), |tx| {
-            match &new {
-                Some((row, _)) => db::insert_record(tx, row, &state)?,
-                None => db::set_state(tx, &id, &state)?,
-            }
-            if let (Some(old), Some(blob)) = (supersedes, &old_blob) {
-                db::set_state(tx, &old, blob)?;
-            }
-            db::insert_event(tx, &event_row, &head)
-        })
-        .map_err(storage)?;
-    st.trail.push(event);
+    commit(st, event, &counter, |tx| {
+        match &new {
+            Some((row, _)) => db::insert_record(tx, row, &state)?,
+            None => db::set_state(tx, &id, &state)?,
+        }
+        if let (Some(old), Some(blob)) = (supersedes, &old_blob) {
+            db::set_state(tx, &old, blob)?;
+        }
+        db::insert_event(tx, &event_row, &head)
+    })?;
     let status = match new {
         Some((_, body)) => {
             st.next_record_seq += 1;
@@ -216,21 +218,18 @@ pub(super) fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<Ca
         return Err(internal("missing sealed blobs"));
     }
     debug_assert_eq!(plan.iter().filter(|p| p.new.is_some()).count(), inserted);
-    st.db
-        .write(Some(&counter), |tx| {
-            for ((id, ..), state) in touched.iter().zip(&states) {
-                match plan.iter().find_map(|p| p.new.as_ref().filter(|(row, _)| row.id == *id)) {
-                    Some((row, _)) => db::insert_record(tx, row, state)?,
-                    None => db::set_state(tx, id, state)?,
-                }
+    commit(st, event, &counter, |tx| {
+        for ((id, ..), state) in touched.iter().zip(&states) {
+            match plan.iter().find_map(|p| p.new.as_ref().filter(|(row, _)| row.id == *id)) {
+                Some((row, _)) => db::insert_record(tx, row, state)?,
+                None => db::set_state(tx, id, state)?,
             }
-            if let (Some(id), Some(blob)) = (cursor_row, &sealed_cursor) {
-                db::set_cursor(tx, &id, blob)?;
-            }
-            db::insert_event(tx, &event_row, &head)
-        })
-        .map_err(storage)?;
-    st.trail.push(event);
+        }
+        if let (Some(id), Some(blob)) = (cursor_row, &sealed_cursor) {
+            db::set_cursor(tx, &id, blob)?;
+        }
+        db::insert_event(tx, &event_row, &head)
+    })?;
     st.next_record_seq = seq;
     let mut results = Vec::with_capacity(plan.len());
     for p in plan {
@@ -303,15 +302,12 @@ pub(super) fn reinforce(st: &mut State, ids: &[String]) -> Result<ReinforceResul
     if blobs.len() != parsed.len() {
         return Err(internal("missing sealed states"));
     }
-    st.db
-        .write(Some(&counter), |tx| {
-            for (id, state) in parsed.iter().zip(&blobs) {
-                db::set_state(tx, id, state)?;
-            }
-            db::insert_event(tx, &event_row, &head)
-        })
-        .map_err(storage)?;
-    st.trail.push(event);
+    commit(st, event, &counter, |tx| {
+        for (id, state) in parsed.iter().zip(&blobs) {
+            db::set_state(tx, id, state)?;
+        }
+        db::insert_event(tx, &event_row, &head)
+    })?;
     for id in &parsed {
         st.index.reinforce(id, 1);
     }
@@ -418,14 +414,21 @@ pub(super) fn forget(st: &mut State, id: &str) -> Result<ForgetResult, ErrorBody
     let body = plain.into_iter().next().and_then(|p| p.ok()).and_then(|p| serde_json::from_slice::<Body>(&p).ok());
     let event = st.trail.next(EventKind::Forget);
     let Sealed { event: event_row, head, counter, .. } = seal_with_event(st, Vec::new(), &event, &[id])?;
-    let (_, erased) = st.db.delete(&id, &event_row, &head, &counter).map_err(|e| match storage(e) {
+    let deleted = st.db.delete(&id, &event_row, &head, &counter).map_err(|e| match storage(e) {
         full if full.code == ErrorCode::DiskFull => ErrorBody::new(
             ErrorCode::DiskFull,
             "the disk holding the iai-mcp store is full and its space reserve is used up: nothing was \
              forgotten. Free some space on it, then forget again",
         ),
         other => other,
-    })?;
+    });
+    let (_, erased) = match deleted {
+        Ok(d) => d,
+        Err(e) => {
+            resync(st);
+            return Err(e);
+        }
+    };
     st.trail.push(event);
     if !erased {
         iai_policy::log!("storer: a forgotten record's old pages wait for a checkpoint (the disk is full)");
@@ -490,9 +493,13 @@ pub(super) fn log_unlock(st: &mut State) -> Result<(), ErrorBody> {
         }
         Err(e) if db::is_disk_full(&e) => {
             iai_policy::log!("storer: the disk is full: unlocked without recording an unlock event");
+            resync(st);
             Ok(())
         }
-        Err(e) => Err(storage(e)),
+        Err(e) => {
+            resync(st);
+            Err(storage(e))
+        }
     }
 }
 

@@ -118,7 +118,11 @@ fn fail(stage: &'static str, message: impl std::fmt::Display) -> Fail {
 /// Runs the storer; returns the exit code.
 pub fn run(home: Home, keyholder_fd: i32, opts: Options) -> i32 {
     match start(home, keyholder_fd, opts) {
-        Ok((listener, state)) => serve(listener, state),
+        Ok((listener, state)) => {
+            // Building the index unsealed every memory on this thread's stack.
+            iai_policy::wipe::stack();
+            serve(listener, state)
+        }
         Err(f) => {
             let mut out = std::io::stdout();
             let _ = out.write_all(error_line(f.stage, &f.message).as_bytes());
@@ -278,10 +282,6 @@ fn watch_keyholder(state: &State) -> Result<(), Fail> {
         })
         .map(|_| ())
         .map_err(|e| fail("storer", e))
-}
-
-fn to_value<T: Serialize>(v: Result<T, ErrorBody>) -> Result<serde_json::Value, ErrorBody> {
-    v.and_then(|x| serde_json::to_value(x).map_err(internal))
 }
 
 fn invalid(msg: impl Into<String>) -> ErrorBody {

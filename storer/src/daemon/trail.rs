@@ -163,6 +163,38 @@ pub(super) fn seal_with_event(
     Ok(Sealed { blobs, event: EventRow { seq: event.seq, id: event.id, detail }, head, counter })
 }
 
+/// Runs one write that records `event`; once it committed, the event joins
+/// the trail.
+pub(super) fn commit<T>(
+    st: &mut State,
+    event: EventMeta,
+    counter: &[u8],
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+) -> Result<T, ErrorBody> {
+    match st.db.write(Some(counter), f) {
+        Ok(out) => {
+            st.trail.push(event);
+            Ok(out)
+        }
+        Err(e) => {
+            resync(st);
+            Err(storage(e))
+        }
+    }
+}
+
+/// After a failed write: a commit can fail after it reached the disk (an
+/// fsync error), so the next row and event numbers are read back from the
+/// file rather than assumed, and the next write cannot collide with it.
+pub(super) fn resync(st: &mut State) {
+    if let Ok(n) = st.db.next_record_seq() {
+        st.next_record_seq = st.next_record_seq.max(n);
+    }
+    if let Ok(n) = st.db.next_event_seq() {
+        st.trail.next_seq = st.trail.next_seq.max(n);
+    }
+}
+
 /// The record's current reinforcement and superseder, from the index.
 pub(super) fn current_state(st: &State, id: &[u8; 16]) -> Option<(u32, Option<[u8; 16]>)> {
     st.index.meta(id).map(|m| (m.reinforced, m.superseded_by))
