@@ -35,6 +35,24 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum RecoveryAction {
+    /// Make a new recovery code (replacing any earlier one) and show it once.
+    Add {
+        /// Read the passphrase from this open file descriptor (first line).
+        #[arg(long, value_name = "N")]
+        passphrase_fd: Option<i32>,
+    },
+    /// Remove the recovery code: afterwards only the passphrase unlocks.
+    Remove {
+        /// Read the passphrase from this open file descriptor (first line).
+        #[arg(long, value_name = "N")]
+        passphrase_fd: Option<i32>,
+    },
+    /// Say whether a recovery code is set.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Create the home directory and a new key protected by a passphrase.
     Init {
@@ -47,12 +65,32 @@ enum Cmd {
         /// Read the passphrase from this open file descriptor (first line).
         #[arg(long, value_name = "N")]
         passphrase_fd: Option<i32>,
+        /// Unlock with the recovery code instead of the passphrase.
+        #[arg(long)]
+        recovery_code: bool,
         /// Run even if the kernel cannot enforce the sandbox (Landlock, seccomp). Not recommended.
         #[arg(long)]
         allow_degraded_sandbox: bool,
     },
     /// Stop the keyholder and storer; the key leaves memory.
     Lock,
+    /// Change the passphrase. Only the key file changes (no memory is touched); works locked or unlocked.
+    Passwd {
+        /// Prove it is you with the recovery code instead of the current passphrase.
+        #[arg(long)]
+        recovery_code: bool,
+        /// Read the current passphrase (or recovery code) from this open file descriptor (first line).
+        #[arg(long, value_name = "N")]
+        passphrase_fd: Option<i32>,
+        /// Read the new passphrase from this open file descriptor (first line); else $IAI_MCP_NEW_PASSPHRASE, else a prompt.
+        #[arg(long, value_name = "N")]
+        new_passphrase_fd: Option<i32>,
+    },
+    /// A recovery code: a random code, shown once, that unlocks like the passphrase if you forget it.
+    RecoveryCode {
+        #[command(subcommand)]
+        action: RecoveryAction,
+    },
     /// Say whether the store is locked or unlocked, with process ids and counts.
     Status {
         #[arg(long)]
@@ -247,11 +285,23 @@ fn run(cmd: Cmd) -> Result<()> {
             holds_secrets()?;
             init(&home, passphrase_fd)
         }
-        Cmd::Unlock { passphrase_fd, allow_degraded_sandbox } => {
+        Cmd::Unlock { passphrase_fd, recovery_code, allow_degraded_sandbox } => {
             holds_secrets()?;
-            unlock(&home, passphrase_fd, allow_degraded_sandbox)
+            unlock(&home, passphrase_fd, recovery_code, allow_degraded_sandbox)
         }
         Cmd::Lock => lock(&home),
+        Cmd::Passwd { recovery_code, passphrase_fd, new_passphrase_fd } => {
+            holds_secrets()?;
+            crate::keys::passwd(&home, recovery_code, passphrase_fd, new_passphrase_fd)
+        }
+        Cmd::RecoveryCode { action } => {
+            holds_secrets()?;
+            match action {
+                RecoveryAction::Add { passphrase_fd } => crate::keys::recovery_add(&home, passphrase_fd),
+                RecoveryAction::Remove { passphrase_fd } => crate::keys::recovery_remove(&home, passphrase_fd),
+                RecoveryAction::Status => crate::keys::recovery_status(&home),
+            }
+        }
         Cmd::Audit { .. } | Cmd::Hook { .. } | Cmd::Hooks { .. } => {
             unreachable!("handled in main for their own exit codes")
         }
@@ -549,7 +599,7 @@ fn init(home: &Home, passphrase_fd: Option<i32>) -> Result<()> {
 /// Longest time `unlock` waits for the daemon pair (Argon2 plus loading a large store).
 const UNLOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Result<()> {
+fn unlock(home: &Home, passphrase_fd: Option<i32>, recovery_code: bool, allow_degraded: bool) -> Result<()> {
     if std::fs::symlink_metadata(home.key()).is_err() {
         bail!("{} is not initialised: run `iai-mcp init` first", home.root().display());
     }
@@ -571,7 +621,11 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Resu
             r.storer
         );
     }
-    let pass = passphrase::obtain(passphrase_fd, false)?;
+    let pass = if recovery_code {
+        passphrase::obtain_recovery_code(passphrase_fd)?
+    } else {
+        passphrase::obtain(passphrase_fd, false)?
+    };
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -581,6 +635,9 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, allow_degraded: bool) -> Resu
         .with_context(|| format!("cannot open the daemon log {}", home.log_file().display()))?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("__keyholder").arg("--home").arg(home.root());
+    if recovery_code {
+        cmd.arg("--recovery-code");
+    }
     if allow_degraded {
         cmd.arg("--allow-degraded-sandbox");
     }

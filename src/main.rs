@@ -5,6 +5,7 @@
 
 mod cli;
 mod hooks;
+mod keys;
 mod passphrase;
 mod roles;
 mod sys;

@@ -10,16 +10,52 @@ use iai_keyholder::Passphrase;
 use zeroize::Zeroizing;
 
 pub const ENV: &str = "IAI_MCP_PASSPHRASE";
+/// `iai-mcp passwd`'s new passphrase, for automation.
+pub const NEW_ENV: &str = "IAI_MCP_NEW_PASSPHRASE";
+/// A recovery code, for automation.
+pub const RECOVERY_ENV: &str = "IAI_MCP_RECOVERY_CODE";
 
 /// Gets the passphrase. With `new`, it is checked for length and, when
 /// prompted, asked twice.
 pub fn obtain(fd: Option<i32>, new: bool) -> Result<Passphrase> {
+    obtain_from(fd, ENV, new)
+}
+
+/// Gets `passwd`'s new passphrase: `--new-passphrase-fd N`, then
+/// `IAI_MCP_NEW_PASSPHRASE`, then a prompt (twice).
+pub fn obtain_new(fd: Option<i32>) -> Result<Passphrase> {
+    obtain_from(fd, NEW_ENV, true)
+}
+
+/// Gets a recovery code (`--passphrase-fd N`, `IAI_MCP_RECOVERY_CODE`, a
+/// prompt), normalised: case, spaces and dashes do not matter, and letters
+/// that look like digits (O, I, L) are read as the digits.
+pub fn obtain_recovery_code(fd: Option<i32>) -> Result<Passphrase> {
+    let raw = if let Some(fd) = fd {
+        from_fd(fd)?
+    } else if let Some(v) = take_env(RECOVERY_ENV) {
+        v
+    } else {
+        let code = rpassword::prompt_password("Recovery code: ").map(Zeroizing::new).map_err(|_| {
+            anyhow::anyhow!("no recovery code given: run in a terminal, pass --passphrase-fd N, or set {RECOVERY_ENV}")
+        })?;
+        Passphrase::from_slice(code.as_bytes())
+    };
+    crate::keys::normalize_recovery_code(raw.expose())
+}
+
+fn take_env(name: &str) -> Option<Passphrase> {
+    let v = std::env::var_os(name)?;
+    // Children never see it: every role is started with a cleared environment.
+    std::env::remove_var(name);
+    Some(Passphrase::new(std::os::unix::ffi::OsStringExt::into_vec(v)))
+}
+
+fn obtain_from(fd: Option<i32>, env: &str, new: bool) -> Result<Passphrase> {
     let pass = if let Some(fd) = fd {
         from_fd(fd)?
-    } else if let Some(v) = std::env::var_os(ENV) {
-        // Children never see it: every role is started with a cleared environment.
-        std::env::remove_var(ENV);
-        Passphrase::new(std::os::unix::ffi::OsStringExt::into_vec(v))
+    } else if let Some(v) = take_env(env) {
+        v
     } else {
         prompt(new)?
     };

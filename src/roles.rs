@@ -4,14 +4,18 @@
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use iai_keyholder::keyfile::SlotKind;
 use iai_policy::{Home, Options};
 
-/// The role arguments: `--home PATH [--keyholder-fd N] [--connector-fd N] [--allow-degraded-sandbox]`.
+/// The role arguments: `--home PATH [--keyholder-fd N] [--connector-fd N] [--allow-degraded-sandbox]
+/// [--recovery-code]`.
 struct RoleArgs {
     home: Home,
     keyholder_fd: Option<i32>,
     connector_fd: Option<i32>,
     opts: Options,
+    /// The keyholder's secret is the recovery code, not the passphrase.
+    recovery_code: bool,
 }
 
 fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
@@ -19,6 +23,7 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
     let mut keyholder_fd = None;
     let mut connector_fd = None;
     let mut opts = Options::default();
+    let mut recovery_code = false;
     let mut args = args;
     while let Some(a) = args.next() {
         match a.to_str() {
@@ -36,11 +41,12 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
                 }
             }
             Some("--allow-degraded-sandbox") => opts.allow_degraded = true,
+            Some("--recovery-code") => recovery_code = true,
             _ => return Err(format!("unexpected role argument {a:?}")),
         }
     }
     let home = Home::new(home.ok_or("--home is required")?).map_err(|e| e.to_string())?;
-    Ok(RoleArgs { home, keyholder_fd, connector_fd, opts })
+    Ok(RoleArgs { home, keyholder_fd, connector_fd, opts, recovery_code })
 }
 
 /// Runs a daemon role if argv[1] names one; returns its exit code.
@@ -48,7 +54,10 @@ pub fn dispatch() -> Option<u8> {
     let mut args = std::env::args_os();
     let role = args.nth(1)?;
     let run: fn(RoleArgs) -> i32 = match role.to_str()? {
-        "__keyholder" => |a| iai_keyholder::daemon::run(a.home, a.opts),
+        "__keyholder" => |a| {
+            let secret = if a.recovery_code { SlotKind::RecoveryCode } else { SlotKind::Passphrase };
+            iai_keyholder::daemon::run(a.home, a.opts, secret)
+        },
         "__storer" => |a| match a.keyholder_fd {
             Some(fd) => iai_storer::daemon::run(a.home, fd, a.opts),
             None => {

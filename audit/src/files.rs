@@ -47,6 +47,9 @@ fn facts(path: &Path) -> Option<Facts> {
 /// The files iai-mcp itself creates, relative to the home.
 const EXPECTED: &[&str] = &[
     ".key",
+    // A key change (`passwd`, `recovery-code`) killed before its rename; the
+    // next change removes it. It opens only with the new secret.
+    ".key.new",
     "store",
     "store/memory.db",
     "store/memory.db-wal",
@@ -206,7 +209,11 @@ pub fn key_header_checks(bytes: Option<&[u8]>, key: &Path) -> Vec<Check> {
         Ok(kf) => {
             let k = kf.params();
             let d = KdfParams::DEFAULT;
-            let header = Check::pass("key.header", format!("{p} is a version 1 key file"));
+            let slots: Vec<&str> = kf.slots().iter().map(|s| s.kind().name()).collect();
+            let header = Check::pass(
+                "key.header",
+                format!("{p} is a version {} key file; it opens with: {}", kf.version(), slots.join(", ")),
+            );
             let kdf = if k.at_least_default() {
                 Check::pass("key.kdf", format!("Argon2id m={} KiB t={} p={}", k.m_kib(), k.t(), k.p()))
             } else {
@@ -234,7 +241,7 @@ fn key_checks(home: &Home, uid: u32) -> Vec<Check> {
     let f = facts(&key);
     let file = key_file_check(f.as_ref(), &key, uid);
     let readable = f.as_ref().is_some_and(|f| f.kind == Kind::File);
-    // Never follow a link or read something huge: the parser needs 132 bytes.
+    // Never follow a link or read something huge: the parser needs a few hundred bytes.
     let bytes = if readable {
         use std::io::Read;
         std::fs::File::open(&key).ok().and_then(|f| {

@@ -2,11 +2,11 @@
 
 use std::os::unix::net::UnixStream;
 
-use crate::keyfile::KeyId;
 use crate::seal::SealError;
 use crate::wire::{
     read_frame, write_frame, Refusal, Request, Response, SealItem, UnsealItem, WireError, MAX_BATCH, SERVING_MAX_UNSEAL,
 };
+use iai_keyfile::KeyId;
 
 /// Bytes of payload per batch, well inside [`crate::wire::MAX_FRAME`].
 const BATCH_BYTES: usize = 8 << 20;

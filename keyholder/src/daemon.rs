@@ -16,10 +16,10 @@ use iai_policy::{Home, Options, Sandbox};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-use crate::keyfile::{KeyFile, KeyFileError, Passphrase, KEYFILE_LEN, MAX_PASSPHRASE_BYTES};
 use crate::seal::{SealError, Sealer};
 use crate::startup::error_line;
 use crate::wire::{read_frame, write_frame, Refusal, Request, Response, SERVING_MAX_UNSEAL};
+use iai_keyfile::{KeyFile, KeyFileError, Passphrase, SlotKind, MAX_KEYFILE_LEN, MAX_PASSPHRASE_BYTES};
 
 /// A startup failure, reported to `unlock` as `ERR <stage> <message>`.
 struct Fail {
@@ -32,8 +32,8 @@ fn fail(stage: &'static str, message: impl Into<String>) -> Fail {
 }
 
 /// Runs the keyholder; returns the process exit code.
-pub fn run(home: Home, opts: Options) -> i32 {
-    match start(&home, opts) {
+pub fn run(home: Home, opts: Options, secret: SlotKind) -> i32 {
+    match start(&home, opts, secret) {
         Ok((stream, sealer, degraded, mut storer)) => {
             let code = serve(stream, sealer, degraded);
             // Why the store stopped serving goes to the log, where `status`
@@ -75,7 +75,11 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool, std::process::Child), Fail> {
+fn start(
+    home: &Home,
+    opts: Options,
+    secret: SlotKind,
+) -> Result<(UnixStream, Sealer, bool, std::process::Child), Fail> {
     iai_policy::harden_process().map_err(|e| fail("sandbox", e.to_string()))?;
     // The shared layout check, again at start: `unlock` ran it, but the home
     // may have changed since.
@@ -84,8 +88,13 @@ fn start(home: &Home, opts: Options) -> Result<(UnixStream, Sealer, bool, std::p
     }
     let pass = read_passphrase()?;
     let keyfile = load_keyfile(home)?;
-    let dek = keyfile.unwrap(&pass).map_err(|e| match e {
-        KeyFileError::WrongPassphrase => fail("passphrase", "wrong passphrase (or the key file was modified)"),
+    let dek = keyfile.unwrap_with(secret, &pass).map_err(|e| match e {
+        KeyFileError::WrongPassphrase => {
+            fail("passphrase", format!("wrong {} (or the key file was modified)", secret.name()))
+        }
+        KeyFileError::NoSuchSlot(_) if secret == SlotKind::RecoveryCode => {
+            fail("passphrase", "this store has no recovery code (`iai-mcp recovery-code add` makes one)")
+        }
         other => fail("key", other.to_string()),
     })?;
     drop(pass);
@@ -200,8 +209,8 @@ fn load_keyfile(home: &Home) -> Result<KeyFile, Fail> {
             ),
         ));
     }
-    let mut bytes = Vec::with_capacity(KEYFILE_LEN + 1);
-    file.take(KEYFILE_LEN as u64 + 1)
+    let mut bytes = Vec::with_capacity(MAX_KEYFILE_LEN + 1);
+    file.take(MAX_KEYFILE_LEN as u64 + 1)
         .read_to_end(&mut bytes)
         .map_err(|e| fail("key", format!("cannot read {shown}: {e}")))?;
     KeyFile::parse(&bytes).map_err(|e| fail("key", format!("{shown}: {e}")))
@@ -321,9 +330,9 @@ pub fn check_keyfile(home: &Home) -> Result<KeyFile, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyfile::{Dek, KeyId};
     use crate::wire::{SealItem, UnsealItem};
     use crate::{Field, RowId};
+    use iai_keyfile::{Dek, KeyId};
 
     fn sealer() -> Sealer {
         Sealer::new(&Dek::from_bytes([9; 32]), KeyId([1; 16]))

@@ -15,7 +15,8 @@
 
 pub mod client;
 pub mod daemon;
-pub mod keyfile;
+/// The `.key` format (its own crate, `keyfile/`).
+pub use iai_keyfile as keyfile;
 pub mod seal;
 pub mod startup;
 mod sys;

@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
 
-use crate::keyfile::{Dek, KeyId};
+use iai_keyfile::{Dek, KeyId};
 
 pub const BLOB_VERSION: u8 = 1;
 pub const BLOB_OVERHEAD: usize = 1 + 16 + 12 + 16;

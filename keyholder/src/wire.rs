@@ -11,8 +11,8 @@ use std::io::{self, Read, Write};
 
 use iai_policy::frame::{self, Frame};
 
-use crate::keyfile::KeyId;
 use crate::seal::{Field, RowId, SealError};
+use iai_keyfile::KeyId;
 
 pub const WIRE_VERSION: u8 = 1;
 /// Largest frame either side accepts (body bytes, excluding the length prefix).

@@ -1,14 +1,20 @@
 //! Known-answer vectors for `.key` files and sealed blobs. Each directory has
 //! an `EXPECT` file naming every vector and the outcome it must produce; the
 //! vectors themselves are committed bytes, so a format change that breaks old
-//! files fails here. Regenerate (after a deliberate format change only) with
+//! files fails here. `keyfile/` holds version-1 files (the first release's
+//! format, frozen: nothing writes version 1 any more); `keyfile-v2/` the
+//! current format. Regenerate the current ones (after a deliberate format
+//! change only) with
 //! `IAI_MCP_BLESS=1 cargo test -p iai-keyholder --test vectors -- --ignored`.
 
 use std::path::PathBuf;
 
+use iai_keyholder::keyfile::SlotKind;
 use iai_keyholder::{Dek, Field, KdfParams, KeyFile, KeyFileError, KeyId, Passphrase, RowId, SealError, Sealer};
 
 const PASS: &str = "vector passphrase 1";
+/// The secret of the version-2 vectors' recovery slot.
+const RECOVERY: &str = "VECTORRECOVERYCODE0000000000000";
 const PLAIN: &str = "known answer: sealed text ✓ 東京";
 
 fn dir(sub: &str) -> PathBuf {
@@ -45,19 +51,29 @@ fn outcome(r: Result<KeyFile, KeyFileError>) -> String {
         Err(KeyFileError::UnsupportedVersion(_)) => "unsupported-version".into(),
         Err(KeyFileError::UnknownKdf(_)) => "unknown-kdf".into(),
         Err(KeyFileError::HostileKdf(_)) => "hostile-kdf".into(),
+        Err(KeyFileError::HostileSlots(_)) => "hostile-slots".into(),
+        Err(KeyFileError::UnknownSlotKind(_)) => "unknown-slot-kind".into(),
         Err(other) => format!("unexpected {other}"),
     }
 }
 
 #[test]
 fn keyfile_vectors() {
-    let expect = std::fs::read_to_string(dir("keyfile").join("EXPECT")).expect("EXPECT");
-    assert_all_listed("keyfile", &expect);
+    let seen = keyfile_dir("keyfile");
+    assert!(seen >= 12, "only {seen} version-1 key file vectors");
+    let seen = keyfile_dir("keyfile-v2");
+    assert!(seen >= 16, "only {seen} version-2 key file vectors");
+}
+
+/// Checks every vector of `sub` against its EXPECT; returns how many.
+fn keyfile_dir(sub: &str) -> usize {
+    let expect = std::fs::read_to_string(dir(sub).join("EXPECT")).expect("EXPECT");
+    assert_all_listed(sub, &expect);
     let mut seen = 0;
     for line in expect.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
         let (file, want) = line.split_once(':').expect("file: outcome");
-        let want = want.trim();
-        let bytes = std::fs::read(dir("keyfile").join(file.trim())).expect("vector file");
+        let want = want.split('#').next().unwrap_or_default().trim();
+        let bytes = std::fs::read(dir(sub).join(file.trim())).expect("vector file");
         let parsed = KeyFile::parse(&bytes);
         match want {
             "ok" => {
@@ -69,6 +85,12 @@ fn keyfile_vectors() {
                     kf.unwrap(&Passphrase::new(b"vector passphrase 2".to_vec())).err(),
                     Some(KeyFileError::WrongPassphrase)
                 );
+                if kf.slot(SlotKind::RecoveryCode).is_some() {
+                    let rec = kf.unwrap_with(SlotKind::RecoveryCode, &Passphrase::new(RECOVERY.into()));
+                    assert_eq!(*rec.expect("the recovery slot unwraps").expose(), dek_bytes(), "{file}");
+                }
+                // What parses re-encodes to the same bytes, whatever its version.
+                assert_eq!(kf.to_bytes(), bytes, "{file}");
             }
             "wrong-passphrase" => {
                 let kf = parsed.unwrap_or_else(|e| panic!("{file} must parse, got {e}"));
@@ -78,11 +100,11 @@ fn keyfile_vectors() {
                     "{file}"
                 );
             }
-            other => assert_eq!(outcome(parsed), other, "{file}"),
+            other => assert_eq!(outcome(parsed), other, "{sub}/{file}"),
         }
         seen += 1;
     }
-    assert!(seen >= 12, "only {seen} key file vectors");
+    seen
 }
 
 fn field(name: &str) -> Field {
@@ -135,29 +157,52 @@ fn regenerate_vectors() {
     }
     let params = KdfParams::new(iai_keyholder::keyfile::MIN_M_KIB, 1, 1).expect("params");
     let dek = Dek::from_bytes(dek_bytes());
-    let kf = KeyFile::wrap(&Passphrase::new(PASS.into()), params, [0x5a; 32], key_id(), &dek).expect("wrap");
+    let pass = Passphrase::new(PASS.into());
+    let kf = KeyFile::wrap(&pass, params, [0x5a; 32], key_id(), &dek)
+        .and_then(|k| k.with_slot(&dek, SlotKind::RecoveryCode, &Passphrase::new(RECOVERY.into()), params, None))
+        .expect("wrap");
     let valid = kf.to_bytes();
-    let kdir = dir("keyfile");
+    let kdir = dir("keyfile-v2");
+    std::fs::create_dir_all(&kdir).expect("mkdir");
     let write = |name: &str, bytes: &[u8]| std::fs::write(kdir.join(name), bytes).expect("write");
     let edit = |at: usize, with: &[u8]| {
         let mut b = valid.clone();
         b[at..at + with.len()].copy_from_slice(with);
         b
     };
+    // Offsets: header 28 bytes (count at 26); slots of 108 from 28 and 136;
+    // in a slot: kind 0, kdf 1, reserved 2..4, m 4, t 8, p 12, salt 16,
+    // nonce 48, wrapped 60.
+    let (s0, s1) = (28, 136);
+    let one_slot = {
+        let mut b = valid[..s1].to_vec();
+        b[26] = 1;
+        b
+    };
     write("valid.key", &valid);
+    write("one-slot.key", &one_slot);
     write("empty.key", &[]);
-    write("truncated.key", &valid[..100]);
+    write("truncated.key", &valid[..200]);
+    write("header-only.key", &valid[..20]);
     write("trailing.key", &[valid.as_slice(), &[0]].concat());
-    write("bad-tag.key", &edit(131, &[valid[131] ^ 1]));
-    write("bad-magic.key", &edit(0, b"NOTAKEY\0"));
-    write("unknown-version.key", &edit(8, &2u16.to_le_bytes()));
-    write("unknown-kdf.key", &edit(10, &[7]));
-    write("hostile-memory.key", &edit(12, &u32::MAX.to_le_bytes()));
-    write("weak-memory.key", &edit(12, &8u32.to_le_bytes()));
-    write("hostile-passes.key", &edit(16, &1_000_000u32.to_le_bytes()));
-    write("hostile-lanes.key", &edit(20, &0u32.to_le_bytes()));
-    write("edited-passes.key", &edit(16, &2u32.to_le_bytes()));
-    write("edited-salt.key", &edit(30, &[valid[30] ^ 0xff]));
+    write("zero-slots.key", &edit(26, &[0]));
+    write("too-many-slots.key", &edit(26, &[5]));
+    write("count-says-more.key", &edit(26, &[3]));
+    write("reserved.key", &edit(27, &[1]));
+    write("slot-reserved.key", &edit(s0 + 2, &[1]));
+    write("unknown-kind.key", &edit(s1, &[9]));
+    write("unknown-kdf.key", &edit(s0 + 1, &[7]));
+    write("duplicate-kind.key", &edit(s1, &[1]));
+    write("no-passphrase-slot.key", &edit(s0, &[2]));
+    let mut swapped = edit(s0, &[2]);
+    swapped[s1] = 1;
+    write("swapped-kinds.key", &swapped);
+    write("hostile-memory.key", &edit(s1 + 4, &u32::MAX.to_le_bytes()));
+    write("hostile-lanes.key", &edit(s0 + 12, &0u32.to_le_bytes()));
+    write("edited-key-id.key", &edit(12, &[valid[12] ^ 1]));
+    write("edited-passes.key", &edit(s0 + 8, &2u32.to_le_bytes()));
+    write("edited-salt.key", &edit(s0 + 20, &[valid[s0 + 20] ^ 0xff]));
+    write("bad-tag.key", &edit(s1 - 1, &[valid[s1 - 1] ^ 1]));
 
     let mut sealer = Sealer::new(&dek, key_id());
     let blob = sealer.seal(Field::RecordBody, RowId([0x11; 16]), PLAIN.as_bytes()).expect("seal");

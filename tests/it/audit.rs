@@ -147,7 +147,8 @@ fn planted_misconfigurations_are_each_found() {
             "key header hostile",
             |h| {
                 let mut b = std::fs::read(h.home().key()).expect("read");
-                b[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+                // The passphrase slot's m_cost (key file version 2).
+                b[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
                 std::fs::write(h.home().key(), b).expect("write");
             },
             "key.header",

@@ -15,7 +15,9 @@ fn init_creates_private_files_and_never_overwrites_a_key() {
     assert_eq!(mode(&home.run_dir()), 0o700);
     assert_eq!(mode(&home.key()), 0o600);
     let key_before = std::fs::read(home.key()).expect("key");
-    assert_eq!(key_before.len(), 132);
+    // Version 2, one passphrase slot.
+    assert_eq!(key_before.len(), 136);
+    assert_eq!(key_before[8..10], 2u16.to_le_bytes());
 
     let again = h.run_with_pass(&["init"], "another long passphrase");
     assert_eq!(again.status.code(), Some(1));
@@ -84,8 +86,8 @@ fn a_hostile_work_factor_is_refused_before_any_work() {
     h.init();
     let key = h.home().key();
     let mut bytes = std::fs::read(&key).expect("read");
-    // m_cost = 0xffffffff KiB: far beyond the accepted bound.
-    bytes[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+    // The passphrase slot's m_cost = 0xffffffff KiB: far beyond the accepted bound.
+    bytes[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
     std::fs::write(&key, &bytes).expect("write");
     let started = std::time::Instant::now();
     let out = h.run_with_pass(&["unlock"], PASS);

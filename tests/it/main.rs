@@ -6,6 +6,7 @@ mod homes;
 mod hooks;
 mod integrity;
 mod keyfile;
+mod keys;
 mod lifecycle;
 mod mcp;
 mod ordinary;
