@@ -86,6 +86,16 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         new_passphrase_fd: Option<i32>,
     },
+    /// Copy the store and its key into DEST (a new directory), sealed as at rest; captures carry on meanwhile.
+    Backup {
+        /// A directory that does not exist yet (outside the home).
+        dest: std::path::PathBuf,
+    },
+    /// Fill an empty home ($IAI_MCP_HOME) from a backup made by `iai-mcp backup`.
+    Restore {
+        /// The backup's directory.
+        src: std::path::PathBuf,
+    },
     /// A recovery code: a random code, shown once, that unlocks like the passphrase if you forget it.
     RecoveryCode {
         #[command(subcommand)]
@@ -294,6 +304,8 @@ fn run(cmd: Cmd) -> Result<()> {
             holds_secrets()?;
             crate::keys::passwd(&home, recovery_code, passphrase_fd, new_passphrase_fd)
         }
+        Cmd::Backup { dest } => crate::backup::backup(&home, &dest),
+        Cmd::Restore { src } => crate::backup::restore(&home, &src),
         Cmd::RecoveryCode { action } => {
             holds_secrets()?;
             match action {
@@ -562,6 +574,14 @@ fn ensure_private_dir(dir: &Path) -> Result<()> {
     }
 }
 
+/// The home and its `store/` and `run/`, private (0700), created if missing.
+pub(crate) fn ensure_home_dirs(home: &Home) -> Result<()> {
+    for dir in [home.root().to_path_buf(), home.store_dir(), home.run_dir()] {
+        ensure_private_dir(&dir)?;
+    }
+    Ok(())
+}
+
 fn init(home: &Home, passphrase_fd: Option<i32>) -> Result<()> {
     let key = home.key();
     if std::fs::symlink_metadata(&key).is_ok() {
@@ -570,9 +590,7 @@ fn init(home: &Home, passphrase_fd: Option<i32>) -> Result<()> {
             key.display()
         );
     }
-    for dir in [home.root().to_path_buf(), home.store_dir(), home.run_dir()] {
-        ensure_private_dir(&dir)?;
-    }
+    ensure_home_dirs(home)?;
     let pass = passphrase::obtain(passphrase_fd, true)?;
     let (kf, _dek) = KeyFile::create(&pass, KdfParams::DEFAULT).map_err(|e| match e {
         KeyFileError::PassphraseTooShort => {

@@ -3,6 +3,7 @@
 //! by re-executing `/proc/self/exe`.
 #![deny(unsafe_code)]
 
+mod backup;
 mod cli;
 mod hooks;
 mod keys;

@@ -376,6 +376,40 @@ impl Db {
     }
 }
 
+/// Writes a consistent copy of the database at `src` to the new file `out`
+/// (`VACUUM INTO`: one read transaction, so a writer carries on meanwhile;
+/// only live rows are copied, no free pages, no WAL). Values stay sealed.
+pub fn snapshot(src: &Path, out: &Path) -> rusqlite::Result<()> {
+    let conn = Connection::open_with_flags(src, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    let out = out.to_str().ok_or_else(|| rusqlite::Error::InvalidPath(out.to_path_buf()))?;
+    conn.execute("VACUUM INTO ?1", params![out])?;
+    Ok(())
+}
+
+/// What a database file holds, checked without changing it: its format and
+/// number of records, after SQLite's own integrity check.
+pub fn inspect(path: &Path) -> Result<(i64, u64), String> {
+    let flags = rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| e.to_string())?;
+    let check: String =
+        conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| format!("not a database: {e}"))?;
+    if check != "ok" {
+        return Err(format!("the database is damaged: {check}"));
+    }
+    let version: i64 = conn
+        .query_row("SELECT v FROM meta WHERE k = 'schema_version'", [], |r| r.get(0))
+        .map_err(|_| "not an iai-mcp store (no format version)".to_string())?;
+    if !(1..=SCHEMA_VERSION).contains(&version) {
+        return Err(format!("store format {version} is not one this iai-mcp knows"));
+    }
+    let records: u64 = conn
+        .query_row("SELECT count(*) FROM records", [], |r| r.get(0))
+        .map_err(|e| format!("no records table: {e}"))?;
+    Ok((version, records))
+}
+
 /// Format-1 records in their old (id, that is time) order, during the upgrade.
 pub fn for_each_v1_batch<E>(
     conn: &Connection,

@@ -2,6 +2,7 @@
 //! processes, a real SQLite file, in temporary homes.
 
 mod audit;
+mod backup;
 mod homes;
 mod hooks;
 mod integrity;
