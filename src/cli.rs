@@ -96,6 +96,29 @@ enum Cmd {
         /// The backup's directory.
         src: std::path::PathBuf,
     },
+    /// Write every memory with its metadata to an age-encrypted file (open it with `age -d`, or import it).
+    Export {
+        /// The new file to write (never over an existing one); without it, standard output.
+        #[arg(long, value_name = "FILE")]
+        to: Option<std::path::PathBuf>,
+        /// Encrypt to this age public key (age1…) instead of a passphrase; repeatable.
+        #[arg(long, value_name = "AGE_RECIPIENT")]
+        recipient: Vec<String>,
+        /// Read the export's passphrase from this open file descriptor; else $IAI_MCP_EXPORT_PASSPHRASE, else a prompt.
+        #[arg(long, value_name = "N")]
+        passphrase_fd: Option<i32>,
+    },
+    /// Add the memories of an export to this store, ids and dates kept; duplicates are recognised.
+    Import {
+        /// The export (an age file written by `iai-mcp export`).
+        file: std::path::PathBuf,
+        /// An age identity file, for an export encrypted to a key.
+        #[arg(long, value_name = "FILE")]
+        identity: Option<std::path::PathBuf>,
+        /// Read the export's passphrase from this open file descriptor; else $IAI_MCP_EXPORT_PASSPHRASE, else a prompt.
+        #[arg(long, value_name = "N")]
+        passphrase_fd: Option<i32>,
+    },
     /// A recovery code: a random code, shown once, that unlocks like the passphrase if you forget it.
     RecoveryCode {
         #[command(subcommand)]
@@ -305,6 +328,14 @@ fn run(cmd: Cmd) -> Result<()> {
             crate::keys::passwd(&home, recovery_code, passphrase_fd, new_passphrase_fd)
         }
         Cmd::Backup { dest } => crate::backup::backup(&home, &dest),
+        Cmd::Export { to, recipient, passphrase_fd } => {
+            holds_secrets()?;
+            crate::export::export(&home, to.as_deref(), &recipient, passphrase_fd)
+        }
+        Cmd::Import { file, identity, passphrase_fd } => {
+            holds_secrets()?;
+            crate::export::import(&home, &file, identity.as_deref(), passphrase_fd)
+        }
         Cmd::Restore { src } => crate::backup::restore(&home, &src),
         Cmd::RecoveryCode { action } => {
             holds_secrets()?;

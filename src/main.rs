@@ -5,6 +5,7 @@
 
 mod backup;
 mod cli;
+mod export;
 mod hooks;
 mod keys;
 mod passphrase;

@@ -128,6 +128,12 @@ impl Client {
     pub fn events(&mut self, e: EventsRequest) -> Result<EventsResult, ClientError> {
         self.request(&Request::Events(e))
     }
+    pub fn export(&mut self, e: proto::ExportRequest) -> Result<proto::ExportResult, ClientError> {
+        self.request(&Request::Export(e))
+    }
+    pub fn import(&mut self, items: Vec<proto::MemoryRecord>) -> Result<proto::ImportResult, ClientError> {
+        self.request(&Request::Import(proto::ImportRequest { items }))
+    }
     pub fn capture_batch(&mut self, b: CaptureBatchRequest) -> Result<CaptureBatchResult, ClientError> {
         self.request(&Request::CaptureBatch(b))
     }

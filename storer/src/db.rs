@@ -205,6 +205,15 @@ impl Db {
         self.conn.query_row("SELECT v FROM meta WHERE k = ?1", params![EVENT_HEAD_KEY], |r| r.get(0)).optional()
     }
 
+    /// Up to `limit` records after place `after` in capture order.
+    pub fn records_after(&self, after: i64, limit: u32) -> rusqlite::Result<Vec<Row>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT seq, id, dup_tag, body, state FROM records WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+        let rows = stmt.query_map(params![after, limit], row_from)?;
+        rows.collect()
+    }
+
     /// The next free place in the audit trail.
     pub fn next_event_seq(&self) -> rusqlite::Result<i64> {
         self.conn.query_row("SELECT coalesce(max(seq), 0) + 1 FROM events", [], |r| r.get(0))

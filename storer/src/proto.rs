@@ -121,6 +121,101 @@ pub struct CaptureRequest {
     pub created_at: Option<i64>,
 }
 
+/// One memory as `export` writes it and `import` reads it: everything the
+/// store knows about it (export format 1, documented in README.md).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryRecord {
+    pub id: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub tier: Tier,
+    pub role: Role,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cue: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
+    #[serde(default)]
+    pub reinforced: u32,
+    /// The id of the newer memory that contradicted this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
+}
+
+impl MemoryRecord {
+    /// The capture this record would be, for the capture's checks.
+    pub fn as_capture(&self) -> CaptureRequest {
+        CaptureRequest {
+            text: self.text.clone(),
+            cue: self.cue.clone(),
+            tier: self.tier,
+            role: self.role,
+            session: self.session.clone(),
+            tags: self.tags.clone(),
+            provenance: self.provenance.clone(),
+            project: self.project.clone(),
+            created_at: Some(self.created_at),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    /// Records after this place in capture order (`next` of the last page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ExportResult {
+    pub records: Vec<MemoryRecord>,
+    /// Where the next page starts; none after the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    pub items: Vec<MemoryRecord>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportStatus {
+    /// Stored, with its id and dates.
+    Inserted,
+    /// The store already has this id, or this exact text (`same_as`).
+    Duplicate,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ImportItemResult {
+    pub id: String,
+    pub status: ImportStatus,
+    /// For a duplicate text under another id: the record that holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_as: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ImportResult {
+    pub results: Vec<ImportItemResult>,
+}
+
+/// Most records per export page (each is unsealed for it).
+pub const MAX_EXPORT_PAGE: u32 = 500;
+
 /// Latest time a capture may claim: a day ahead tolerates clock skew.
 const FUTURE_SLACK_MS: i64 = 86_400_000;
 
@@ -308,6 +403,10 @@ pub enum Request {
     Events(EventsRequest),
     Recent(RecentRequest),
     CaptureBatch(CaptureBatchRequest),
+    /// Every live memory with its metadata, in capture order, page by page.
+    Export(ExportRequest),
+    /// Memories from an export, ids and dates kept, duplicates recognised.
+    Import(ImportRequest),
     GetCursor {
         key: String,
     },
@@ -325,6 +424,8 @@ pub const REQUEST_TYPES: &[&str] = &[
     "events",
     "recent",
     "capture_batch",
+    "export",
+    "import",
     "get_cursor",
     "stats",
     "shutdown",

@@ -3,6 +3,7 @@
 
 mod audit;
 mod backup;
+mod export;
 mod homes;
 mod hooks;
 mod integrity;

@@ -19,6 +19,8 @@ pub(super) fn handle(st: &mut State, req: Request) -> Result<Vec<u8>, ErrorBody>
         Request::CaptureBatch(b) => ok(capture_batch(st, b)),
         Request::GetCursor { key } => ok(get_cursor(st, &key)),
         Request::Stats => ok(stats(st)),
+        Request::Export(e) => ok(export(st, e)),
+        Request::Import(i) => ok(import(st, i)),
         Request::Shutdown => Err(internal("shutdown is handled by the connection")),
     }
 }
@@ -530,4 +532,160 @@ pub(super) fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
         disk_full: st.db.disk_full(),
         memory_locked: st.memory_locked,
     })
+}
+
+/// One page of every live memory, in capture order, with what the store knows
+/// about it. Records left out at unlock (they failed their checks) are not
+/// exported.
+pub(super) fn export(st: &mut State, r: ExportRequest) -> Result<ExportResult, ErrorBody> {
+    let limit = r.limit.unwrap_or(proto::MAX_EXPORT_PAGE);
+    if limit == 0 || limit > proto::MAX_EXPORT_PAGE {
+        return Err(invalid(format!("limit must be between 1 and {}", proto::MAX_EXPORT_PAGE)));
+    }
+    let rows = st.db.records_after(r.after.unwrap_or(0), limit).map_err(storage)?;
+    let (scanned, scanned_to) = (rows.len(), rows.last().map(|row| row.seq));
+    let live: Vec<Row> = rows.into_iter().filter(|row| st.index.contains(&row.id)).collect();
+    let items = live
+        .iter()
+        .map(|row| UnsealItem { field: Field::RecordBody, row: RowId(row.id), blob: row.body.clone() })
+        .collect();
+    let plain = st.kh.unseal(items).map_err(keyholder_error)?;
+    let mut records = Vec::with_capacity(live.len());
+    let mut seqs = Vec::with_capacity(live.len());
+    for (row, p) in live.into_iter().zip(plain) {
+        let Some(body) = p.ok().and_then(|p| serde_json::from_slice::<Body>(&p).ok()) else {
+            st.integrity
+                .report(format!("memory {} changed in the file while unlocked; not exported", uuid_str(&row.id)));
+            continue;
+        };
+        let (reinforced, superseded_by) = current_state(st, &row.id).unwrap_or_default();
+        records.push(MemoryRecord {
+            id: uuid_str(&row.id),
+            created_at: body.created_at,
+            tier: body.tier,
+            role: body.role,
+            text: body.text,
+            cue: body.cue,
+            tags: body.tags,
+            session: body.session,
+            project: body.project,
+            provenance: body.provenance,
+            reinforced,
+            superseded_by: superseded_by.as_ref().map(uuid_str),
+        });
+        seqs.push(row.seq);
+    }
+    let cut = fit_reply(&mut records);
+    let next = if cut {
+        // The reply was full: go on after the last record it holds.
+        records.len().checked_sub(1).and_then(|i| seqs.get(i).copied())
+    } else if scanned == limit as usize {
+        // A full page of rows: there may be more after it.
+        scanned_to
+    } else {
+        None
+    };
+    Ok(ExportResult { records, next })
+}
+
+/// Memories from an export: each keeps its id, dates, tier, role, counts and
+/// supersedes; an id or a text the store already has is a duplicate, not an
+/// error, so importing twice adds nothing.
+pub(super) fn import(st: &mut State, r: ImportRequest) -> Result<ImportResult, ErrorBody> {
+    if r.items.len() > proto::MAX_BATCH {
+        return Err(invalid(format!("{} items; an import batch holds at most {}", r.items.len(), proto::MAX_BATCH)));
+    }
+    let now = now_ms();
+    let mut ids = Vec::with_capacity(r.items.len());
+    for (i, m) in r.items.iter().enumerate() {
+        let at = |e: ErrorBody| ErrorBody::new(e.code, format!("item {i}: {}", e.message));
+        ids.push(parse_id(&m.id).map_err(at)?);
+        m.as_capture().validate(now).map_err(at)?;
+        if let Some(by) = &m.superseded_by {
+            parse_id(by).map_err(at)?;
+        }
+    }
+    let inputs: Vec<Vec<u8>> = r.items.iter().map(|m| [DUP_TAG_DOMAIN, m.text.as_bytes()].concat()).collect();
+    let tags = if inputs.is_empty() { Vec::new() } else { st.kh.tag(inputs).map_err(keyholder_error)? };
+    let event = st.trail.next(EventKind::Capture);
+    let mut results = Vec::with_capacity(r.items.len());
+    let mut new: Vec<(Row, Body, u32, Option<[u8; 16]>)> = Vec::new();
+    let mut items = Vec::new();
+    let mut seen: Vec<([u8; 32], [u8; 16])> = Vec::new();
+    let mut seq = st.next_record_seq;
+    for ((m, id), tag) in r.items.into_iter().zip(ids).zip(&tags) {
+        let taken = st.index.contains(&id)
+            || st.db.get(&id).map_err(storage)?.is_some()
+            || new.iter().any(|(row, ..)| row.id == id);
+        let same = match seen.iter().find(|(t, _)| t == tag) {
+            Some((_, other)) => Some(*other),
+            None if taken => None,
+            None => find_duplicate(st, tag)?,
+        };
+        if taken || same.is_some() {
+            results.push(ImportItemResult {
+                id: m.id.clone(),
+                status: ImportStatus::Duplicate,
+                same_as: same.filter(|s| *s != id).as_ref().map(uuid_str),
+            });
+            continue;
+        }
+        let superseded_by = m.superseded_by.as_deref().and_then(|s| parse_id(s).ok());
+        let reinforced = m.reinforced;
+        let body = Body {
+            text: m.text,
+            created_at: m.created_at,
+            tier: m.tier,
+            role: m.role,
+            seq,
+            dup_tag: hex(tag),
+            cue: m.cue,
+            tags: m.tags,
+            session: m.session,
+            provenance: m.provenance,
+            project: m.project,
+        };
+        items.push(SealItem {
+            field: Field::RecordBody,
+            row: RowId(id),
+            plain: serde_json::to_vec(&body).map_err(internal)?,
+        });
+        items.push(state_item(id, reinforced, superseded_by, &event));
+        new.push((
+            Row { seq, id, dup_tag: tag.to_vec(), body: Vec::new(), state: Vec::new() },
+            body,
+            reinforced,
+            superseded_by,
+        ));
+        seen.push((*tag, id));
+        seq += 1;
+        results.push(ImportItemResult { id: m.id, status: ImportStatus::Inserted, same_as: None });
+    }
+    if new.is_empty() {
+        return Ok(ImportResult { results });
+    }
+    let ids: Vec<[u8; 16]> = new.iter().map(|(row, ..)| row.id).collect();
+    let Sealed { blobs, event: event_row, head, counter } = seal_with_event(st, items, &event, &ids)?;
+    if blobs.len() != new.len() * 2 {
+        return Err(internal("missing sealed blobs"));
+    }
+    let mut blobs = blobs.into_iter();
+    for (row, ..) in new.iter_mut() {
+        row.body = blobs.next().unwrap_or_default();
+        row.state = blobs.next().unwrap_or_default();
+    }
+    commit(st, event, &counter, |tx| {
+        for (row, ..) in &new {
+            db::insert_record(tx, row, &row.state)?;
+        }
+        db::insert_event(tx, &event_row, &head)
+    })?;
+    st.next_record_seq = seq;
+    for (row, body, reinforced, superseded_by) in new {
+        st.index.add(meta_of(row.id, &body, reinforced), &body.searchable());
+        if let Some(by) = superseded_by {
+            st.index.supersede(&row.id, by);
+        }
+    }
+    Ok(ImportResult { results })
 }

@@ -27,8 +27,9 @@ use crate::index::{DocMeta, Filter, Index};
 use crate::proto::{
     self, Ack, CaptureBatchRequest, CaptureBatchResult, CaptureRequest, CaptureResult, CaptureStatus,
     ContradictRequest, ContradictResult, Cursor, CursorValue, ErrorBody, ErrorCode, Event, EventKind, EventsRequest,
-    EventsResult, ForgetResult, Frame, Hit, RecallRequest, RecallResult, RecentRequest, ReinforceResult, Request, Role,
-    Stats, Tier, TierCount,
+    EventsResult, ExportRequest, ExportResult, ForgetResult, Frame, Hit, ImportItemResult, ImportRequest, ImportResult,
+    ImportStatus, MemoryRecord, RecallRequest, RecallResult, RecentRequest, ReinforceResult, Request, Role, Stats,
+    Tier, TierCount,
 };
 
 mod connections;
