@@ -41,6 +41,7 @@ fn main() {
         Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("hooks") => hooks(flag("--records", 10_000), flag("--runs", 200), json),
         Some("forget") => forget(flag("--records", 10_000), flag("--forgets", 50), json),
+        Some("lifecycle") => lifecycle(flag("--records", 10_000), flag("--runs", 3), json),
         Some("locomo") => {
             let dir =
                 args.get(1).filter(|a| !a.starts_with("--")).unwrap_or_else(|| die("locomo needs the data directory"));
@@ -290,6 +291,17 @@ fn peak_rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
+/// Captures `records` synthetic memories in batches of 200.
+fn fill(client: &mut Client, rng: &mut Rng, records: usize) {
+    let mut i = 0;
+    while i < records {
+        let n = (records - i).min(200);
+        let items = (0..n).map(|k| CaptureRequest { text: memory_text(rng, i + k), ..Default::default() }).collect();
+        client.capture_batch(iai_storer::proto::CaptureBatchRequest { items, cursor: None }).expect("capture batch");
+        i += n;
+    }
+}
+
 /// The cost of an erasing forget (delete, rebuild of the file, WAL
 /// truncated) in a store of `records`, against a durable capture into the
 /// same store, interleaved so both see the same machine.
@@ -297,14 +309,7 @@ fn forget(records: usize, forgets: usize, json: bool) {
     let bin = iai_bin();
     let (_dir, home, mut client) = unlocked_store(&bin);
     let mut rng = Rng(7);
-    let mut i = 0;
-    while i < records {
-        let n = (records - i).min(200);
-        let items =
-            (0..n).map(|k| CaptureRequest { text: memory_text(&mut rng, i + k), ..Default::default() }).collect();
-        client.capture_batch(iai_storer::proto::CaptureBatchRequest { items, cursor: None }).expect("capture batch");
-        i += n;
-    }
+    fill(&mut client, &mut rng, records);
     let db_mib = std::fs::metadata(iai_policy::Home::new(home.clone()).expect("home").db())
         .map(|m| m.len() as f64 / (1 << 20) as f64)
         .unwrap_or(f64::NAN);
@@ -832,6 +837,87 @@ fn hooks(records: usize, runs: usize, json: bool) {
     println!("{:<30} {:>10} {:>10} {:>10} {:>6}", "(ms)", "p50", "p95", "p99", "n");
     for (n, x) in [("capture of one new turn", &c), ("session start", &s)] {
         println!("{n:<30} {:>10.1} {:>10.1} {:>10.1} {:>6}", x.p50 / 1e3, x.p95 / 1e3, x.p99 / 1e3, x.n);
+    }
+}
+
+/// Runs `bin args` with `line` on stdin and `env`, failing loudly.
+fn run_with(bin: &Path, home: &Path, args: &[&str], line: &str, env: &[(&str, &str)]) -> Duration {
+    let t = Instant::now();
+    let mut cmd = Command::new(bin);
+    cmd.args(args).env("IAI_MCP_HOME", home).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::inherit());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn iai-mcp");
+    let _ = child.stdin.take().expect("stdin").write_all(format!("{line}\n").as_bytes());
+    if !child.wait().expect("wait").success() {
+        die(&format!("iai-mcp {args:?} failed"));
+    }
+    t.elapsed()
+}
+
+/// The key lifecycle's costs on a store of `records`: passwd against the
+/// unlock it is made of (both Argon2-bound), backup, export and import
+/// throughput; medians of `runs`, interleaved.
+fn lifecycle(records: usize, runs: usize, json: bool) {
+    let bin = iai_bin();
+    let (_dir, home, mut client) = unlocked_store(&bin);
+    fill(&mut client, &mut Rng(11), records);
+    drop(client);
+    let work = tempfile::Builder::new().prefix("iai-bench-lc").tempdir_in("/tmp").expect("tempdir");
+    let export_pass = [("IAI_MCP_EXPORT_PASSPHRASE", "benchmark export passphrase")];
+    let (mut passwd, mut unlock, mut backup, mut export, mut import) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut export_bytes = 0u64;
+    for r in 0..runs {
+        let t = run_with(
+            &bin,
+            &home,
+            &["passwd", "--passphrase-fd", "0"],
+            PASS,
+            &[("IAI_MCP_NEW_PASSPHRASE", "x-benchmark passphrase")],
+        );
+        passwd.push(t);
+        run_with(
+            &bin,
+            &home,
+            &["passwd", "--passphrase-fd", "0"],
+            "x-benchmark passphrase",
+            &[("IAI_MCP_NEW_PASSPHRASE", PASS)],
+        );
+        run(&bin, &home, &["lock"], false);
+        unlock.push(run(&bin, &home, &["unlock"], true));
+        let dest = work.path().join(format!("backup-{r}"));
+        backup.push(run(&bin, &home, &["backup", dest.to_str().expect("utf8")], false));
+        let file = work.path().join(format!("export-{r}.age"));
+        export.push(run_with(&bin, &home, &["export", "--to", file.to_str().expect("utf8")], "", &export_pass));
+        export_bytes = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        let (_d, target, _c) = unlocked_store(&bin);
+        import.push(run_with(&bin, &target, &["import", file.to_str().expect("utf8")], "", &export_pass));
+        run(&bin, &target, &["lock"], false);
+    }
+    run(&bin, &home, &["lock"], false);
+    let med = |xs: &mut Vec<Duration>| -> f64 {
+        xs.sort();
+        xs[xs.len() / 2].as_secs_f64()
+    };
+    let (pw, ul, bk, ex, im) =
+        (med(&mut passwd), med(&mut unlock), med(&mut backup), med(&mut export), med(&mut import));
+    let mib = export_bytes as f64 / (1 << 20) as f64;
+    let v = serde_json::json!({
+        "records": records, "runs": runs,
+        "passwd_s": pw, "unlock_s": ul, "passwd_over_unlock": pw / ul,
+        "backup_s": bk, "backup_records_per_s": records as f64 / bk,
+        "export_s": ex, "export_records_per_s": records as f64 / ex, "export_mib": mib, "export_mib_per_s": mib / ex,
+        "import_s": im, "import_records_per_s": records as f64 / im,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        println!("key lifecycle on {records} records (median of {runs})");
+        println!("passwd {pw:.2} s; unlock {ul:.2} s (passwd / unlock {:.2})", pw / ul);
+        println!("backup {bk:.2} s ({:.0} records/s)", records as f64 / bk);
+        println!("export {ex:.2} s ({:.0} records/s, {mib:.1} MiB, {:.1} MiB/s)", records as f64 / ex, mib / ex);
+        println!("import {im:.2} s ({:.0} records/s)", records as f64 / im);
     }
 }
 

@@ -309,7 +309,8 @@ fn keyholder_error(e: ClientError) -> ErrorBody {
     match e {
         ClientError::Refused(Refusal::LimitReached) => ErrorBody::new(
             ErrorCode::SealLimit,
-            "this data key has sealed as many values as is safe; nothing was stored (key rotation is needed)",
+            "this data key has sealed as many values as is safe; nothing was stored. Give the memories a new key: \
+             `iai-mcp export`, then `iai-mcp init` a new home and `iai-mcp import` the export into it",
         ),
         other => {
             iai_policy::log!("storer: keyholder failure: {other}");
