@@ -103,6 +103,8 @@ impl Client {
     /// reply holds what fits one frame, and says when there is more.
     pub fn recall_paged(&mut self, mut r: RecallRequest) -> Result<RecallResult, ClientError> {
         let want = r.limit.unwrap_or(proto::DEFAULT_RECALL_LIMIT) as usize;
+        let page_max = proto::MAX_RECALL_LIMIT as usize;
+        r.limit = Some(want.min(page_max) as u32);
         let mut all = RecallResult { hits: Vec::new(), more: false };
         loop {
             let page = self.recall(r.clone())?;
@@ -113,7 +115,7 @@ impl Client {
                 return Ok(all);
             }
             r.offset = Some(r.offset.unwrap_or(0).saturating_add(u32::try_from(got).unwrap_or(u32::MAX)));
-            r.limit = Some(u32::try_from(want - all.hits.len()).unwrap_or(u32::MAX));
+            r.limit = Some((want - all.hits.len()).min(page_max) as u32);
         }
     }
     pub fn forget(&mut self, id: &str) -> Result<ForgetResult, ClientError> {

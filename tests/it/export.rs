@@ -16,7 +16,7 @@ const EXPORT_PASS: &str = "export passphrase 42";
 fn memories(h: &TestHome) -> std::collections::BTreeMap<String, Hit> {
     let r = h
         .client()
-        .recall_paged(RecallRequest { cue: "exportable".into(), limit: Some(100), ..Default::default() })
+        .recall_paged(RecallRequest { cue: "exportable".into(), limit: Some(1000), ..Default::default() })
         .expect("recall");
     r.hits
         .into_iter()
