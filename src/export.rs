@@ -85,7 +85,16 @@ pub fn export(home: &Home, to: Option<&Path>, recipients: &[String], fd: Option<
             if std::fs::symlink_metadata(path).is_ok() {
                 bail!("{} already exists: an export never writes over a file", path.display());
             }
-            let partial = path.with_extension("partial");
+            let mut name = path.file_name().ok_or_else(|| anyhow!("{} names no file", path.display()))?.to_os_string();
+            name.push(".iai-mcp-partial");
+            let partial = path.with_file_name(name);
+            if std::fs::symlink_metadata(&partial).is_ok() {
+                bail!(
+                    "{} exists: an interrupted export left it behind, or another export is writing it; remove it \
+                     if no export is running",
+                    partial.display()
+                );
+            }
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)

@@ -170,6 +170,11 @@ fn a_damaged_or_wrong_key_export_is_refused_with_nothing_imported() {
     let out = export_with_pass(&a, &file);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("never writes over"), "{}", stderr(&out));
+    // A leftover of an interrupted export is named, never silently reused.
+    std::fs::write(dir.path().join("e2.age.iai-mcp-partial"), b"half").expect("write");
+    let out = export_with_pass(&a, &dir.path().join("e2.age"));
+    assert!(stderr(&out).contains("interrupted export"), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dir.path().join("e2.age.iai-mcp-partial")).expect("kept"), b"half");
 
     let b = TestHome::init_unlocked();
     b.client().capture(CaptureRequest { text: "already here".into(), ..Default::default() }).expect("capture");
