@@ -15,7 +15,7 @@ use iai_keyholder::KeyFile;
 use iai_policy::Home;
 
 /// Reads a key file without following a link or blocking, and checks it.
-fn read_key(path: &Path) -> Result<Vec<u8>> {
+pub(crate) fn read_key(path: &Path) -> Result<Vec<u8>> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)

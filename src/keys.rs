@@ -218,12 +218,7 @@ pub fn recovery_remove(home: &Home, fd: Option<i32>) -> Result<()> {
 }
 
 pub fn recovery_status(home: &Home) -> Result<()> {
-    let key = home.key();
-    let meta = std::fs::symlink_metadata(&key).with_context(|| format!("cannot read {}", key.display()))?;
-    if !meta.is_file() || meta.len() > MAX_KEYFILE_LEN as u64 {
-        bail!("{} is not a key file", key.display());
-    }
-    let file = KeyFile::parse(&std::fs::read(&key)?).with_context(|| format!("{} is not usable", key.display()))?;
+    let file = KeyFile::parse(&crate::backup::read_key(&home.key())?).context("the key file does not parse")?;
     match file.slot(SlotKind::RecoveryCode) {
         Some(_) => println!("a recovery code is set (key file version {})", file.version()),
         None => println!("no recovery code is set (key file version {})", file.version()),

@@ -231,7 +231,7 @@ pub fn key_header_checks(bytes: Option<&[u8]>, key: &Path) -> Vec<Check> {
                         d.t(),
                         d.p()
                     ),
-                    "create a new home with `iai-mcp init` and move your memories with an export (weaker keys are easier to guess)",
+                    "`iai-mcp passwd` rewraps the key at the default cost (weaker costs make a passphrase easier to guess)",
                 )
             };
             vec![header, kdf]

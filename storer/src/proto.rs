@@ -149,6 +149,26 @@ pub struct MemoryRecord {
     pub superseded_by: Option<String>,
 }
 
+impl Hit {
+    /// A recall result: the record, ranked.
+    pub fn from_record(r: MemoryRecord, score: f64) -> Hit {
+        Hit {
+            id: r.id,
+            score,
+            created_at: r.created_at,
+            tier: r.tier,
+            role: r.role,
+            text: r.text,
+            cue: r.cue,
+            tags: r.tags,
+            session: r.session,
+            reinforced: r.reinforced,
+            superseded_by: r.superseded_by,
+            project: r.project,
+        }
+    }
+}
+
 impl MemoryRecord {
     /// The capture this record would be, for the capture's checks.
     pub fn as_capture(&self) -> CaptureRequest {

@@ -165,7 +165,7 @@ fn planted_misconfigurations_are_each_found() {
             },
             "key.kdf",
             "warn",
-            "iai-mcp init",
+            "iai-mcp passwd",
         ),
         ("home 0755", |h| chmod(&h.root, 0o755), "home.mode", "fail", "chmod 700"),
         (

@@ -104,6 +104,20 @@ fn passwd_changes_only_the_key_and_works_locked_or_unlocked() {
     assert_eq!(std::fs::read(h.home().key()).expect("key"), key);
 }
 
+/// `audit` tells a user with a weak key cost to run `passwd`: it must raise it.
+#[test]
+fn passwd_raises_a_weak_key_cost_to_the_default() {
+    let h = TestHome::new();
+    h.init();
+    let weak = iai_keyholder::KdfParams::new(iai_keyholder::keyfile::MIN_M_KIB, 1, 1).expect("legal");
+    let (kf, _) = KeyFile::create(&Passphrase::from_slice(PASS.as_bytes()), weak).expect("key");
+    std::fs::write(h.home().key(), kf.to_bytes()).expect("write");
+    assert_ok(&passwd(&h, PASS, NEW, false), "passwd");
+    let key = KeyFile::parse(&std::fs::read(h.home().key()).expect("key")).expect("parse");
+    assert!(key.params().at_least_default(), "{:?}", key.params());
+    assert!(opens(&key.to_bytes(), SlotKind::Passphrase, NEW));
+}
+
 #[test]
 fn a_recovery_code_unlocks_and_sets_a_new_passphrase() {
     let h = TestHome::init_unlocked();

@@ -365,20 +365,7 @@ pub(super) fn hits_for(st: &mut State, ranked: Vec<(DocMeta, f64)>, more: bool) 
             iai_policy::log!("storer: record {} does not authenticate; left out of the results", uuid_str(&row.id));
             continue;
         };
-        hits.push(Hit {
-            id: uuid_str(&row.id),
-            score,
-            created_at: body.created_at,
-            tier: body.tier,
-            role: body.role,
-            text: body.text,
-            cue: body.cue,
-            tags: body.tags,
-            session: body.session,
-            reinforced: meta.reinforced,
-            superseded_by: meta.superseded_by.as_ref().map(uuid_str),
-            project: body.project,
-        });
+        hits.push(Hit::from_record(body.into_record(&row.id, meta.reinforced, meta.superseded_by), score));
     }
     let more = fit_reply(&mut hits) || more;
     Ok(RecallResult { hits, more })
@@ -559,20 +546,7 @@ pub(super) fn export(st: &mut State, r: ExportRequest) -> Result<ExportResult, E
             continue;
         };
         let (reinforced, superseded_by) = current_state(st, &row.id).unwrap_or_default();
-        records.push(MemoryRecord {
-            id: uuid_str(&row.id),
-            created_at: body.created_at,
-            tier: body.tier,
-            role: body.role,
-            text: body.text,
-            cue: body.cue,
-            tags: body.tags,
-            session: body.session,
-            project: body.project,
-            provenance: body.provenance,
-            reinforced,
-            superseded_by: superseded_by.as_ref().map(uuid_str),
-        });
+        records.push(body.into_record(&row.id, reinforced, superseded_by));
         seqs.push(row.seq);
     }
     let cut = fit_reply(&mut records);

@@ -63,7 +63,9 @@ fn load_trail(st: &mut State) -> Result<Known, ErrorBody> {
     })?;
 
     // The head names the newest event written: anything cut from the end shows.
-    let head = match db.event_head()? {
+    let head_blob = db.event_head()?;
+    let head_missing = head_blob.is_none();
+    let head = match head_blob {
         None => None,
         Some(blob) => {
             let plain = kh
@@ -78,7 +80,7 @@ fn load_trail(st: &mut State) -> Result<Known, ErrorBody> {
         }
     };
     match (head, newest) {
-        (None, Some((seq, _))) if db.event_head()?.is_none() => {
+        (None, Some((seq, _))) if head_missing => {
             integrity.report(format!("the head of the audit trail is missing (the trail has {seq} places)"))
         }
         (Some((hseq, _)), Some((seq, _))) if hseq > seq => integrity.report(gap(seq + 1, hseq)),

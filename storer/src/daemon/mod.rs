@@ -79,6 +79,24 @@ struct Body {
 }
 
 impl Body {
+    /// Everything the store knows about the record, as clients see it.
+    fn into_record(self, id: &[u8; 16], reinforced: u32, superseded_by: Option<[u8; 16]>) -> MemoryRecord {
+        MemoryRecord {
+            id: uuid_str(id),
+            created_at: self.created_at,
+            tier: self.tier,
+            role: self.role,
+            text: self.text,
+            cue: self.cue,
+            tags: self.tags,
+            session: self.session,
+            project: self.project,
+            provenance: self.provenance,
+            reinforced,
+            superseded_by: superseded_by.as_ref().map(uuid_str),
+        }
+    }
+
     /// What the index sees of a record.
     fn searchable(&self) -> String {
         let mut s = self.text.clone();

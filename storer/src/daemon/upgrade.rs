@@ -33,6 +33,20 @@ struct EventDetailV1 {
     records: Vec<String>,
 }
 
+/// Seals `items` (none: no round trip), keeping the keyholder's newest counter.
+fn seal_batch(
+    kh: &mut KeyholderClient,
+    items: Vec<SealItem>,
+    counter: &mut Option<Vec<u8>>,
+) -> Result<std::vec::IntoIter<Vec<u8>>, ErrorBody> {
+    if items.is_empty() {
+        return Ok(Vec::new().into_iter());
+    }
+    let (blobs, c) = kh.seal(items).map_err(keyholder_error)?;
+    *counter = Some(c);
+    Ok(blobs.into_iter())
+}
+
 pub(super) fn run(st: &mut State) -> Result<(), ErrorBody> {
     let started = Instant::now();
     let State { db, kh, .. } = st;
@@ -84,13 +98,7 @@ pub(super) fn run(st: &mut State) -> Result<(), ErrorBody> {
                     }
                 }
             }
-            let mut blobs = if items.is_empty() {
-                Vec::new().into_iter()
-            } else {
-                let (blobs, c) = kh.seal(items).map_err(keyholder_error)?;
-                counter = Some(c);
-                blobs.into_iter()
-            };
+            let mut blobs = seal_batch(kh, items, &mut counter)?;
             for (seq, id, kept) in rows {
                 let detail = match kept {
                     Some(old) => old,
@@ -175,13 +183,7 @@ pub(super) fn run(st: &mut State) -> Result<(), ErrorBody> {
                 });
                 planned.push((Row { seq: rseq, id, dup_tag: tag.to_vec(), body: Vec::new(), state: Vec::new() }, true));
             }
-            let mut blobs = if items.is_empty() {
-                Vec::new().into_iter()
-            } else {
-                let (blobs, c) = kh.seal(items).map_err(keyholder_error)?;
-                counter = Some(c);
-                blobs.into_iter()
-            };
+            let mut blobs = seal_batch(kh, items, &mut counter)?;
             for (mut row, sealed) in planned {
                 if sealed {
                     row.body = blobs.next().ok_or_else(|| internal("missing sealed body"))?;
