@@ -6,11 +6,24 @@
 //! ```text
 //! magic "IAIMCPK\0" | version u16 (2) | key id [16] | slot count u8 (1..=4) | reserved u8 (0)
 //! per slot, 108 bytes:
-//!   kind u8 (1 passphrase, 2 recovery code) | kdf u8 (1 = Argon2id v1.3) | reserved u16 (0)
+//!   kind u8 | kdf u8 | reserved u16 (0)
 //!   m_cost KiB u32 | t_cost u32 | p_cost u32 | salt [32] | nonce [12]
-//!   AES-256-GCM(KEK, DEK) [32 + 16 tag]
+//!   AES-256-GCM(wrapping key, secret) [32 + 16 tag]
 //!     -- associated data: magic | version | key id | the slot's first 60 bytes
 //! ```
+//!
+//! Slot kinds:
+//! - 1 passphrase, 2 recovery code: the data key, wrapped under a key derived
+//!   from the secret with Argon2id (kdf 1, its parameters and salt).
+//! - 3 previous data key: only while `iai-mcp rotate` runs. The data key the
+//!   store had before, wrapped under a key derived (HKDF-SHA256) from this
+//!   file's data key; kdf 0, parameters 0, salt = that key's id and 16 zero
+//!   bytes. Whoever opens the file opens both, so values not yet re-sealed
+//!   stay readable; the slot is removed when none is left.
+//! - 4 tag key: the key of the keyed tags (duplicate detection, cursor ids),
+//!   wrapped the same way (salt all zero). A store that never rotated has
+//!   none: its tag key is derived from its data key ([`TagKey::derive`]).
+//!   Rotation writes it, so tags made under the first key keep matching.
 //!
 //! Each slot authenticates the file's identity and its own header, so a slot
 //! edited to weaken its KDF, or moved to another file, fails like a wrong
@@ -41,6 +54,8 @@ pub const MAGIC: [u8; 8] = *b"IAIMCPK\0";
 pub const VERSION: u16 = 2;
 pub const VERSION_1: u16 = 1;
 pub const KDF_ARGON2ID: u8 = 1;
+/// The slot is wrapped under the file's data key, not under a person's secret.
+pub const KDF_NONE: u8 = 0;
 /// Version 1: the header every byte of which is authenticated, and the file.
 pub const V1_HEADER_LEN: usize = 8 + 2 + 1 + 1 + 4 + 4 + 4 + 32 + 16 + 12;
 pub const V1_LEN: usize = V1_HEADER_LEN + 32 + 16;
@@ -49,7 +64,7 @@ pub const V2_HEADER_LEN: usize = 8 + 2 + 16 + 1 + 1;
 const SLOT_HEADER_LEN: usize = 1 + 1 + 2 + 4 + 4 + 4 + 32 + 12;
 pub const SLOT_LEN: usize = SLOT_HEADER_LEN + 32 + 16;
 /// Most slots in one file (one per kind, room for the kinds to come).
-pub const MAX_SLOTS: usize = 4;
+pub const MAX_SLOTS: usize = 6;
 /// The longest key file of any version: what a reader needs to read.
 pub const MAX_KEYFILE_LEN: usize = V2_HEADER_LEN + MAX_SLOTS * SLOT_LEN;
 
@@ -102,6 +117,8 @@ pub const MAX_P: u32 = 16;
 impl KdfParams {
     /// RFC 9106's second recommended option: 64 MiB, 3 passes, 4 lanes.
     pub const DEFAULT: KdfParams = KdfParams { m_kib: 64 * 1024, t: 3, p: 4 };
+    /// The parameters of a slot opened by the data key (no KDF).
+    const NONE: KdfParams = KdfParams { m_kib: 0, t: 0, p: 0 };
 
     pub fn new(m_kib: u32, t: u32, p: u32) -> Result<Self, KeyFileError> {
         let hostile = |why: String| Err(KeyFileError::HostileKdf(why));
@@ -164,6 +181,10 @@ pub enum SlotKind {
     Passphrase = 1,
     /// A random code shown once (`iai-mcp recovery-code add`).
     RecoveryCode = 2,
+    /// The data key before `iai-mcp rotate`, while values are re-sealed.
+    PreviousKey = 3,
+    /// The key of the keyed tags, once the data key has been rotated.
+    TagKey = 4,
 }
 
 impl SlotKind {
@@ -171,6 +192,8 @@ impl SlotKind {
         match c {
             1 => Some(SlotKind::Passphrase),
             2 => Some(SlotKind::RecoveryCode),
+            3 => Some(SlotKind::PreviousKey),
+            4 => Some(SlotKind::TagKey),
             _ => None,
         }
     }
@@ -178,7 +201,49 @@ impl SlotKind {
         match self {
             SlotKind::Passphrase => "passphrase",
             SlotKind::RecoveryCode => "recovery code",
+            SlotKind::PreviousKey => "previous data key",
+            SlotKind::TagKey => "tag key",
         }
+    }
+    /// Opened by a person's secret (Argon2id); the others by the data key.
+    pub fn is_secret(self) -> bool {
+        matches!(self, SlotKind::Passphrase | SlotKind::RecoveryCode)
+    }
+    fn kdf(self) -> u8 {
+        if self.is_secret() {
+            KDF_ARGON2ID
+        } else {
+            KDF_NONE
+        }
+    }
+    /// HKDF info of the wrapping key of a slot opened by the data key.
+    fn inner_info(self) -> &'static [u8] {
+        match self {
+            SlotKind::PreviousKey => b"iai-mcp previous data key v1",
+            _ => b"iai-mcp tag key v1",
+        }
+    }
+}
+
+/// The key of the keyed tags (HMAC-SHA256). No Debug, wiped on drop.
+pub struct TagKey(SecretBox<[u8; 32]>);
+
+impl TagKey {
+    /// A store's first tag key: HKDF-SHA256 of its first data key.
+    pub fn derive(dek: &Dek, key_id: &KeyId) -> TagKey {
+        let mut key = SecretBox::new(Box::new([0u8; 32]));
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&key_id.0), dek.expose());
+        // Expanding 32 bytes from SHA-256 HKDF cannot fail (limit is 255 * 32).
+        let _ = hk.expand(b"iai-mcp duplicate tag v1", secrecy::ExposeSecretMut::expose_secret_mut(&mut key));
+        TagKey(key)
+    }
+    pub fn expose(&self) -> &[u8; 32] {
+        self.0.expose_secret()
+    }
+    fn from_bytes(bytes: &[u8; 32]) -> TagKey {
+        let mut key = SecretBox::new(Box::new([0u8; 32]));
+        secrecy::ExposeSecretMut::expose_secret_mut(&mut key).copy_from_slice(bytes);
+        TagKey(key)
     }
 }
 
@@ -224,6 +289,10 @@ pub enum KeyFileError {
     HostileKdf(String),
     #[error("wrong passphrase, or the key file was modified")]
     WrongPassphrase,
+    #[error("the key file's {0} slot does not open with its data key (the file was modified)")]
+    BadInnerSlot(&'static str),
+    #[error("a key rotation is already under way (run `iai-mcp rotate` to finish it)")]
+    RotationPending,
     #[error("the operating system's random number generator failed")]
     Random,
     #[error("the passphrase is shorter than {MIN_PASSPHRASE_CHARS} characters")]
@@ -239,6 +308,14 @@ fn derive_kek(pass: &Passphrase, params: &KdfParams, salt: &[u8; 32]) -> Result<
     Ok(kek)
 }
 
+/// The key that wraps a slot opened by the data key.
+fn inner_aead(kind: SlotKind, key_id: &KeyId, dek: &Dek) -> Result<Aes256Gcm, KeyFileError> {
+    let mut key = Zeroizing::new([0u8; 32]);
+    let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(&key_id.0), dek.expose());
+    hk.expand(kind.inner_info(), key.as_mut()).map_err(|_| KeyFileError::Random)?;
+    Aes256Gcm::new_from_slice(key.as_ref()).map_err(|_| KeyFileError::Random)
+}
+
 fn random<const N: usize>() -> Result<[u8; N], KeyFileError> {
     let mut out = [0u8; N];
     getrandom::getrandom(&mut out).map_err(|_| KeyFileError::Random)?;
@@ -249,7 +326,7 @@ impl Slot {
     fn header(&self) -> [u8; SLOT_HEADER_LEN] {
         let mut h = [0u8; SLOT_HEADER_LEN];
         let mut w = Put::new(&mut h);
-        w.put(&[self.kind as u8, KDF_ARGON2ID, 0, 0]);
+        w.put(&[self.kind as u8, self.kind.kdf(), 0, 0]);
         w.put(&self.params.m_kib.to_le_bytes());
         w.put(&self.params.t.to_le_bytes());
         w.put(&self.params.p.to_le_bytes());
@@ -281,11 +358,43 @@ impl Slot {
         Ok(slot)
     }
 
+    /// A slot opened by the data key `dek` of the file `key_id`, holding `secret`.
+    fn wrap_inner(
+        kind: SlotKind,
+        salt: [u8; 32],
+        key_id: &KeyId,
+        dek: &Dek,
+        secret: &[u8; 32],
+    ) -> Result<Slot, KeyFileError> {
+        let mut slot = Slot { kind, params: KdfParams::NONE, salt, nonce: random()?, wrapped: [0u8; 48] };
+        let aead = inner_aead(kind, key_id, dek)?;
+        let ct = aead
+            .encrypt(Nonce::from_slice(&slot.nonce), Payload { msg: secret, aad: &slot.ad(key_id) })
+            .map_err(|_| KeyFileError::Random)?;
+        slot.wrapped.copy_from_slice(&ct);
+        Ok(slot)
+    }
+
+    fn open_inner(&self, key_id: &KeyId, dek: &Dek) -> Result<Zeroizing<[u8; 32]>, KeyFileError> {
+        let bad = || KeyFileError::BadInnerSlot(self.kind.name());
+        let aead = inner_aead(self.kind, key_id, dek)?;
+        let plain = Zeroizing::new(
+            aead.decrypt(Nonce::from_slice(&self.nonce), Payload { msg: &self.wrapped, aad: &self.ad(key_id) })
+                .map_err(|_| bad())?,
+        );
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(plain.get(..32).ok_or_else(bad)?);
+        Ok(out)
+    }
+
     pub fn kind(&self) -> SlotKind {
         self.kind
     }
     pub fn params(&self) -> KdfParams {
         self.params
+    }
+    fn previous_id(&self) -> KeyId {
+        KeyId(array(&self.salt[..16]))
     }
 }
 
@@ -333,7 +442,7 @@ impl KeyFile {
     /// Derives the KEK of the `kind` slot from `secret` and unwraps the DEK.
     /// The KEK is wiped before this returns.
     pub fn unwrap_with(&self, kind: SlotKind, secret: &Passphrase) -> Result<Dek, KeyFileError> {
-        let slot = self.slot(kind).ok_or(KeyFileError::NoSuchSlot(kind.name()))?;
+        let slot = self.slot(kind).filter(|s| s.kind.is_secret()).ok_or(KeyFileError::NoSuchSlot(kind.name()))?;
         let kek = derive_kek(secret, &slot.params, &slot.salt)?;
         let aead = Aes256Gcm::new_from_slice(kek.as_ref()).map_err(|_| KeyFileError::WrongPassphrase)?;
         let ad = match self.version {
@@ -389,14 +498,88 @@ impl KeyFile {
     /// This file without its `kind` slot (never the passphrase slot), as
     /// version 2 (a version-1 file has nothing else to remove).
     pub fn without_slot(&self, kind: SlotKind) -> Result<KeyFile, KeyFileError> {
-        if kind == SlotKind::Passphrase {
-            return Err(KeyFileError::HostileSlots("the passphrase slot cannot be removed".into()));
+        if matches!(kind, SlotKind::Passphrase | SlotKind::TagKey) {
+            return Err(KeyFileError::HostileSlots(format!("the {} slot cannot be removed", kind.name())));
         }
         if self.slot(kind).is_none() {
             return Err(KeyFileError::NoSuchSlot(kind.name()));
         }
         let slots = self.slots.iter().filter(|s| s.kind != kind).cloned().collect();
         Ok(KeyFile { version: self.version, key_id: self.key_id, slots })
+    }
+
+    /// The tag key: the tag-key slot's, or (a store that never rotated)
+    /// the one derived from the data key.
+    pub fn tag_key(&self, dek: &Dek) -> Result<TagKey, KeyFileError> {
+        match self.slot(SlotKind::TagKey) {
+            Some(s) => Ok(TagKey::from_bytes(&*s.open_inner(&self.key_id, dek)?)),
+            None => Ok(TagKey::derive(dek, &self.key_id)),
+        }
+    }
+
+    /// The data key before a rotation still under way, and its id.
+    pub fn previous(&self, dek: &Dek) -> Result<Option<(KeyId, Dek)>, KeyFileError> {
+        let Some(s) = self.slot(SlotKind::PreviousKey) else { return Ok(None) };
+        let key = s.open_inner(&self.key_id, dek)?;
+        Ok(Some((s.previous_id(), Dek::from_bytes(*key))))
+    }
+
+    /// The id of the data key before a rotation still under way.
+    pub fn previous_id(&self) -> Option<KeyId> {
+        self.slot(SlotKind::PreviousKey).map(Slot::previous_id)
+    }
+
+    /// The first step of a rotation: a new data key and key id behind the
+    /// same secrets (`pass`, and `recovery` if the recovery slot is to be
+    /// kept), with the old key in a previous-key slot and the tag key carried
+    /// over. `dek` is this file's data key.
+    pub fn rotated(
+        &self,
+        dek: &Dek,
+        pass: &Passphrase,
+        pass_params: KdfParams,
+        recovery: Option<&Passphrase>,
+    ) -> Result<(KeyFile, Dek), KeyFileError> {
+        if self.slot(SlotKind::PreviousKey).is_some() {
+            return Err(KeyFileError::RotationPending);
+        }
+        let tag = self.tag_key(dek)?;
+        let new_dek = Dek::random()?;
+        let key_id = KeyId(random()?);
+        let mut slots = vec![Slot::wrap(SlotKind::Passphrase, pass, pass_params, random()?, &key_id, &new_dek)?];
+        if let (Some(code), Some(old)) = (recovery, self.slot(SlotKind::RecoveryCode)) {
+            slots.push(Slot::wrap(SlotKind::RecoveryCode, code, old.params, random()?, &key_id, &new_dek)?);
+        }
+        let file = KeyFile { version: VERSION, key_id, slots }.with_rotation_slots(
+            &new_dek,
+            Some((self.key_id, dek)),
+            &tag,
+        )?;
+        Ok((file, new_dek))
+    }
+
+    /// This file (whose data key is `dek`) with a previous-key slot holding
+    /// `previous` (or none) and a tag-key slot holding `tag`, replacing any.
+    pub fn with_rotation_slots(
+        &self,
+        dek: &Dek,
+        previous: Option<(KeyId, &Dek)>,
+        tag: &TagKey,
+    ) -> Result<KeyFile, KeyFileError> {
+        if self.version == VERSION_1 {
+            return Err(KeyFileError::UnsupportedVersion(VERSION_1));
+        }
+        let mut slots: Vec<Slot> = self.slots.iter().filter(|s| s.kind.is_secret()).cloned().collect();
+        if let Some((id, old)) = previous {
+            if id == self.key_id {
+                return Err(KeyFileError::HostileSlots("the previous data key has the current key's id".into()));
+            }
+            let mut salt = [0u8; 32];
+            salt[..16].copy_from_slice(&id.0);
+            slots.push(Slot::wrap_inner(SlotKind::PreviousKey, salt, &self.key_id, dek, old.expose())?);
+        }
+        slots.push(Slot::wrap_inner(SlotKind::TagKey, [0; 32], &self.key_id, dek, tag.expose())?);
+        Ok(KeyFile { version: VERSION, key_id: self.key_id, slots })
     }
 
     pub fn slot(&self, kind: SlotKind) -> Option<&Slot> {
@@ -510,7 +693,7 @@ impl KeyFile {
         let mut slots: Vec<Slot> = Vec::with_capacity(count);
         for raw in bytes[V2_HEADER_LEN..].chunks_exact(SLOT_LEN) {
             let kind = SlotKind::from_code(raw[0]).ok_or(KeyFileError::UnknownSlotKind(raw[0]))?;
-            if raw[1] != KDF_ARGON2ID {
+            if raw[1] != kind.kdf() {
                 return Err(KeyFileError::UnknownKdf(raw[1]));
             }
             if raw[2] != 0 || raw[3] != 0 {
@@ -519,7 +702,20 @@ impl KeyFile {
             if slots.iter().any(|s| s.kind == kind) {
                 return Err(KeyFileError::HostileSlots(format!("two {} slots", kind.name())));
             }
-            let params = KdfParams::new(u32_at(raw, 4), u32_at(raw, 8), u32_at(raw, 12))?;
+            let params = if kind.is_secret() {
+                KdfParams::new(u32_at(raw, 4), u32_at(raw, 8), u32_at(raw, 12))?
+            } else {
+                // Opened by the data key: no parameters, and the salt holds
+                // only the previous key's id (previous-key slot) or nothing.
+                let salt_used = if kind == SlotKind::PreviousKey { 16 } else { 0 };
+                if raw[4..16].iter().any(|&b| b != 0) || raw[16 + salt_used..48].iter().any(|&b| b != 0) {
+                    return Err(KeyFileError::HostileSlots(format!("the {} slot has parameters", kind.name())));
+                }
+                if kind == SlotKind::PreviousKey && raw[16..32] == bytes[10..26] {
+                    return Err(KeyFileError::HostileSlots("the previous data key has the current key's id".into()));
+                }
+                KdfParams::NONE
+            };
             slots.push(Slot {
                 kind,
                 params,
@@ -593,6 +789,79 @@ mod tests {
             parsed.with_slot(&dek, SlotKind::Passphrase, &pass("short"), fast(), None).err(),
             Some(KeyFileError::PassphraseTooShort)
         );
+    }
+
+    #[test]
+    fn rotation_keeps_the_old_key_until_its_slot_goes_and_carries_the_tag_key() {
+        let (kf, dek) = KeyFile::create(&pass("correct horse"), fast()).expect("create");
+        let kf = kf.with_slot(&dek, SlotKind::RecoveryCode, &pass("RECOVERY"), fast(), None).expect("add");
+        let first_tag = kf.tag_key(&dek).expect("tag").expose().to_vec();
+        assert_eq!(first_tag, TagKey::derive(&dek, &kf.key_id()).expose().to_vec());
+
+        let (rot, new_dek) = kf.rotated(&dek, &pass("correct horse"), fast(), Some(&pass("RECOVERY"))).expect("rotate");
+        let rot = KeyFile::parse(&rot.to_bytes()).expect("parse");
+        assert_ne!(rot.key_id(), kf.key_id());
+        assert_ne!(new_dek.expose(), dek.expose());
+        assert_eq!(rot.unwrap(&pass("correct horse")).expect("pass").expose(), new_dek.expose());
+        let rec = rot.unwrap_with(SlotKind::RecoveryCode, &pass("RECOVERY")).expect("recovery kept");
+        assert_eq!(rec.expose(), new_dek.expose());
+        let (old_id, old) = rot.previous(&new_dek).expect("opens").expect("present");
+        assert_eq!(old_id, kf.key_id());
+        assert_eq!(old.expose(), dek.expose());
+        assert_eq!(rot.previous_id(), Some(kf.key_id()));
+        assert_eq!(rot.tag_key(&new_dek).expect("tag").expose().to_vec(), first_tag);
+        // Not a secret's slot: no passphrase opens it.
+        assert!(matches!(rot.unwrap_with(SlotKind::PreviousKey, &pass("x")), Err(KeyFileError::NoSuchSlot(_))));
+        // The wrong data key does not open the inner slots.
+        assert!(matches!(rot.previous(&dek), Err(KeyFileError::BadInnerSlot("previous data key"))));
+        assert!(matches!(
+            rot.rotated(&new_dek, &pass("correct horse"), fast(), None),
+            Err(KeyFileError::RotationPending)
+        ));
+        // A passphrase change in between keeps both inner slots byte for byte.
+        let changed = rot.with_slot(&new_dek, SlotKind::Passphrase, &pass("battery staple"), fast(), None).expect("pw");
+        assert_eq!(changed.slot(SlotKind::PreviousKey), rot.slot(SlotKind::PreviousKey));
+
+        let done = KeyFile::parse(&rot.without_slot(SlotKind::PreviousKey).expect("drop").to_bytes()).expect("parse");
+        assert!(done.previous(&new_dek).expect("no slot is no error").is_none());
+        assert!(done.without_slot(SlotKind::TagKey).is_err(), "the tag key stays");
+        // A second rotation, without the recovery code: its slot is dropped,
+        // and the tag key still is the first one.
+        let (again, third) = done.rotated(&new_dek, &pass("correct horse"), fast(), None).expect("again");
+        assert!(again.slot(SlotKind::RecoveryCode).is_none());
+        assert_eq!(again.tag_key(&third).expect("tag").expose().to_vec(), first_tag);
+    }
+
+    #[test]
+    fn hostile_inner_slots_are_refused() {
+        let (kf, dek) = KeyFile::create(&pass("correct horse"), fast()).expect("create");
+        let (rot, _) = kf.rotated(&dek, &pass("correct horse"), fast(), None).expect("rotate");
+        let bytes = rot.to_bytes();
+        let slot_at =
+            |kind: SlotKind| V2_HEADER_LEN + SLOT_LEN * rot.slots().iter().position(|s| s.kind == kind).expect("slot");
+        let prev = slot_at(SlotKind::PreviousKey);
+        let mut argon = bytes.clone();
+        argon[prev + 1] = KDF_ARGON2ID;
+        assert_eq!(KeyFile::parse(&argon).err(), Some(KeyFileError::UnknownKdf(KDF_ARGON2ID)));
+        let mut params = bytes.clone();
+        params[prev + 4] = 1;
+        assert!(matches!(KeyFile::parse(&params), Err(KeyFileError::HostileSlots(_))));
+        let mut salt_tail = bytes.clone();
+        salt_tail[prev + 40] = 1;
+        assert!(matches!(KeyFile::parse(&salt_tail), Err(KeyFileError::HostileSlots(_))));
+        let mut same_id = bytes.clone();
+        same_id.copy_within(10..26, prev + 16);
+        assert!(matches!(KeyFile::parse(&same_id), Err(KeyFileError::HostileSlots(_))));
+        let tag = slot_at(SlotKind::TagKey);
+        let mut tag_salt = bytes.clone();
+        tag_salt[tag + 16] = 1;
+        assert!(matches!(KeyFile::parse(&tag_salt), Err(KeyFileError::HostileSlots(_))));
+        // Another previous key id: parses, but the slot no longer opens.
+        let mut other_id = bytes.clone();
+        other_id[prev + 16] ^= 1;
+        let dek2 = rot.unwrap(&pass("correct horse")).expect("pass");
+        let parsed = KeyFile::parse(&other_id).expect("parses");
+        assert!(matches!(parsed.previous(&dek2), Err(KeyFileError::BadInnerSlot("previous data key"))));
     }
 
     #[test]

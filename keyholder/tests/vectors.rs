@@ -29,6 +29,15 @@ fn key_id() -> KeyId {
     KeyId(std::array::from_fn(|i| 0xa0 + i as u8))
 }
 
+/// The rotation vectors' previous data key and its id.
+fn previous_bytes() -> [u8; 32] {
+    std::array::from_fn(|i| 0x80 + i as u8)
+}
+
+fn previous_id() -> KeyId {
+    KeyId(std::array::from_fn(|i| 0x10 + i as u8))
+}
+
 /// Every file in a vector directory must be named in its EXPECT.
 fn assert_all_listed(sub: &str, expect: &str) {
     for e in std::fs::read_dir(dir(sub)).expect("dir").flatten() {
@@ -62,7 +71,7 @@ fn keyfile_vectors() {
     let seen = keyfile_dir("keyfile");
     assert!(seen >= 12, "only {seen} version-1 key file vectors");
     let seen = keyfile_dir("keyfile-v2");
-    assert!(seen >= 16, "only {seen} version-2 key file vectors");
+    assert!(seen >= 30, "only {seen} version-2 key file vectors");
 }
 
 /// Checks every vector of `sub` against its EXPECT; returns how many.
@@ -91,6 +100,28 @@ fn keyfile_dir(sub: &str) -> usize {
                 }
                 // What parses re-encodes to the same bytes, whatever its version.
                 assert_eq!(kf.to_bytes(), bytes, "{file}");
+            }
+            "rotation-ok" => {
+                let kf = parsed.expect("valid vector parses");
+                let dek = kf.unwrap(&Passphrase::new(PASS.into())).expect("right passphrase unwraps");
+                assert_eq!(*dek.expose(), dek_bytes(), "{file}: unwrapped DEK");
+                let (id, old) = kf.previous(&dek).expect("opens").expect("a previous key");
+                assert_eq!((id, *old.expose()), (previous_id(), previous_bytes()), "{file}");
+                let tag = kf.tag_key(&dek).expect("tag key");
+                let want = iai_keyholder::keyfile::TagKey::derive(&old, &id);
+                assert_eq!(tag.expose(), want.expose(), "{file}: the first key's tag key");
+                assert_eq!(kf.to_bytes(), bytes, "{file}");
+            }
+            "bad-inner-slot" => {
+                let kf = parsed.unwrap_or_else(|e| panic!("{file} must parse, got {e}"));
+                let dek = kf.unwrap(&Passphrase::new(PASS.into())).expect("right passphrase unwraps");
+                assert!(
+                    matches!(
+                        (kf.previous(&dek), kf.tag_key(&dek)),
+                        (Err(KeyFileError::BadInnerSlot(_)), _) | (_, Err(KeyFileError::BadInnerSlot(_)))
+                    ),
+                    "{file}"
+                );
             }
             "wrong-passphrase" => {
                 let kf = parsed.unwrap_or_else(|e| panic!("{file} must parse, got {e}"));
@@ -186,7 +217,7 @@ fn regenerate_vectors() {
     write("header-only.key", &valid[..20]);
     write("trailing.key", &[valid.as_slice(), &[0]].concat());
     write("zero-slots.key", &edit(26, &[0]));
-    write("too-many-slots.key", &edit(26, &[5]));
+    write("too-many-slots.key", &edit(26, &[7]));
     write("count-says-more.key", &edit(26, &[3]));
     write("reserved.key", &edit(27, &[1]));
     write("slot-reserved.key", &edit(s0 + 2, &[1]));
@@ -203,6 +234,8 @@ fn regenerate_vectors() {
     write("edited-passes.key", &edit(s0 + 8, &2u32.to_le_bytes()));
     write("edited-salt.key", &edit(s0 + 20, &[valid[s0 + 20] ^ 0xff]));
     write("bad-tag.key", &edit(s1 - 1, &[valid[s1 - 1] ^ 1]));
+
+    rotation_vectors();
 
     let mut sealer = Sealer::new(&dek, key_id());
     let blob = sealer.seal(Field::RecordBody, RowId([0x11; 16]), PLAIN.as_bytes()).expect("seal");
@@ -224,4 +257,44 @@ fn regenerate_vectors() {
     let mut n = blob;
     n[20] ^= 1;
     bwrite("bad-nonce.blob", &n);
+}
+
+/// A key file in the middle of a rotation (passphrase, previous-key and
+/// tag-key slots) and its hostile variants. Written separately, so adding
+/// them did not change the older vectors' bytes.
+fn rotation_vectors() {
+    let params = KdfParams::new(iai_keyholder::keyfile::MIN_M_KIB, 1, 1).expect("params");
+    let dek = Dek::from_bytes(dek_bytes());
+    let old = Dek::from_bytes(previous_bytes());
+    let tag = iai_keyholder::keyfile::TagKey::derive(&old, &previous_id());
+    let kf = KeyFile::wrap(&Passphrase::new(PASS.into()), params, [0x5a; 32], key_id(), &dek)
+        .and_then(|k| k.with_rotation_slots(&dek, Some((previous_id(), &old)), &tag))
+        .expect("wrap");
+    let valid = kf.to_bytes();
+    let kdir = dir("keyfile-v2");
+    let write = |name: &str, bytes: &[u8]| std::fs::write(kdir.join(name), bytes).expect("write");
+    let edit = |at: usize, with: &[u8]| {
+        let mut b = valid.clone();
+        b[at..at + with.len()].copy_from_slice(with);
+        b
+    };
+    // Slots: passphrase at 28, previous key at 136, tag key at 244.
+    let (prev, tag_at) = (136, 244);
+    write("rotation.key", &valid);
+    write("rotation-previous-argon.key", &edit(prev + 1, &[1]));
+    write("rotation-previous-params.key", &edit(prev + 4, &[1]));
+    write("rotation-previous-salt-tail.key", &edit(prev + 40, &[1]));
+    write("rotation-previous-same-id.key", &edit(prev + 16, &key_id().0));
+    write("rotation-previous-edited-id.key", &edit(prev + 16, &[valid[prev + 16] ^ 1]));
+    write("rotation-tag-salt.key", &edit(tag_at + 16, &[1]));
+    write("rotation-tag-bad-tag.key", &edit(tag_at + 107, &[valid[tag_at + 107] ^ 1]));
+    write("rotation-two-tag-slots.key", &edit(prev, &[4]));
+}
+
+#[test]
+#[ignore = "writes the rotation vector files; run only after a deliberate format change"]
+fn regenerate_rotation_vectors() {
+    if std::env::var_os("IAI_MCP_BLESS").is_some() {
+        rotation_vectors();
+    }
 }
