@@ -15,6 +15,9 @@ const BATCH_BYTES: usize = 8 << 20;
 #[derive(Clone, Copy, Debug)]
 pub struct KeyInfo {
     pub key_id: KeyId,
+    /// The data key before a rotation still under way (the keyholder
+    /// unseals with it, and re-seals what it sealed).
+    pub previous: Option<KeyId>,
     pub seal_count: u64,
     pub seal_limit: u64,
     /// The keyholder runs with a degraded sandbox (the user allowed it).
@@ -46,8 +49,8 @@ impl KeyholderClient {
     /// Says hello, handing back the sealed counter the storer kept.
     pub fn hello(mut stream: UnixStream, counter: Option<Vec<u8>>) -> Result<KeyholderClient, ClientError> {
         match round_trip(&mut stream, &Request::Hello { counter })? {
-            Response::Hello { key_id, count, limit, degraded } => {
-                let info = KeyInfo { key_id, seal_count: count, seal_limit: limit, degraded };
+            Response::Hello { key_id, previous, count, limit, degraded } => {
+                let info = KeyInfo { key_id, previous, seal_count: count, seal_limit: limit, degraded };
                 Ok(KeyholderClient { stream, info, max_unseal: MAX_BATCH })
             }
             Response::Refused(r) => Err(ClientError::Refused(r)),
@@ -102,6 +105,55 @@ impl KeyholderClient {
             }
         }
         Ok(out)
+    }
+
+    /// Key rotation: blobs of the previous data key sealed again under the
+    /// current one (one result per item: a blob that does not authenticate
+    /// stays as it is); returns them and the newest counter blob.
+    #[allow(clippy::type_complexity)]
+    pub fn reseal(
+        &mut self,
+        items: Vec<UnsealItem>,
+    ) -> Result<(Vec<Result<Vec<u8>, SealError>>, Vec<u8>), ClientError> {
+        let mut out = Vec::with_capacity(items.len());
+        let mut counter = Vec::new();
+        for chunk in chunks(items, self.max_unseal, |i| i.blob.len()) {
+            let n = chunk.len();
+            match round_trip(&mut self.stream, &Request::Reseal(chunk))? {
+                Response::Resealed { counter: c, blobs } if blobs.len() == n => {
+                    self.info.seal_count += blobs.iter().filter(|b| b.is_ok()).count() as u64 + 1;
+                    out.extend(blobs);
+                    counter = c;
+                }
+                Response::Refused(r) => return Err(ClientError::Refused(r)),
+                _ => return Err(ClientError::Unexpected),
+            }
+        }
+        Ok((out, counter))
+    }
+
+    /// Seals nothing: only the keyholder's current counter blob.
+    pub fn seal_nothing(&mut self) -> Result<(Vec<Vec<u8>>, Vec<u8>), ClientError> {
+        match round_trip(&mut self.stream, &Request::Seal(Vec::new()))? {
+            Response::Sealed { counter, blobs } if blobs.is_empty() => {
+                self.info.seal_count += 1;
+                Ok((blobs, counter))
+            }
+            Response::Refused(r) => Err(ClientError::Refused(r)),
+            _ => Err(ClientError::Unexpected),
+        }
+    }
+
+    /// Key rotation finished: the keyholder wipes the previous data key.
+    pub fn forget_previous(&mut self) -> Result<(), ClientError> {
+        match round_trip(&mut self.stream, &Request::ForgetPrevious)? {
+            Response::ForgotPrevious => {
+                self.info.previous = None;
+                Ok(())
+            }
+            Response::Refused(r) => Err(ClientError::Refused(r)),
+            _ => Err(ClientError::Unexpected),
+        }
     }
 
     pub fn tag(&mut self, items: Vec<Vec<u8>>) -> Result<Vec<[u8; 32]>, ClientError> {

@@ -16,7 +16,7 @@ use iai_policy::{Home, Options, Sandbox};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
-use crate::seal::{SealError, Sealer};
+use crate::seal::{Field, RowId, SealError, Sealer};
 use crate::startup::error_line;
 use crate::wire::{read_frame, write_frame, Refusal, Request, Response, SERVING_MAX_UNSEAL};
 use iai_keyfile::{KeyFile, KeyFileError, Passphrase, SlotKind, MAX_KEYFILE_LEN, MAX_PASSPHRASE_BYTES};
@@ -75,11 +75,7 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
-fn start(
-    home: &Home,
-    opts: Options,
-    secret: SlotKind,
-) -> Result<(UnixStream, Sealer, bool, std::process::Child), Fail> {
+fn start(home: &Home, opts: Options, secret: SlotKind) -> Result<(UnixStream, Keys, bool, std::process::Child), Fail> {
     iai_policy::harden_process().map_err(|e| fail("sandbox", e.to_string()))?;
     // The shared layout check, again at start: `unlock` ran it, but the home
     // may have changed since.
@@ -98,8 +94,14 @@ fn start(
         other => fail("key", other.to_string()),
     })?;
     drop(pass);
-    let sealer = Sealer::new(&dek, keyfile.key_id());
-    drop(dek);
+    let tag = keyfile.tag_key(&dek).map_err(|e| fail("key", e.to_string()))?;
+    let previous = keyfile.previous(&dek).map_err(|e| fail("key", e.to_string()))?;
+    let sealer = Keys {
+        current: Sealer::with_tag_key(&dek, keyfile.key_id(), &tag),
+        // Only while a rotation is under way: unseals what is not re-sealed yet.
+        previous: previous.map(|(id, old)| Sealer::with_tag_key(&old, id, &tag)),
+    };
+    drop((dek, tag));
     for (ptr, len) in sealer.secret_regions() {
         crate::sys::pin_secret(ptr, len).map_err(|e| {
             fail(
@@ -224,7 +226,7 @@ fn libc_o_nofollow() -> i32 {
 /// Serves the storer until it hangs up; the sealer (and so the key) is
 /// dropped and wiped before the process exits. Public so benchmarks can put
 /// the real serve loop at the far end of a socketpair.
-pub fn serve(mut stream: UnixStream, mut sealer: Sealer, degraded: bool) -> i32 {
+pub fn serve(mut stream: UnixStream, mut sealer: Keys, degraded: bool) -> i32 {
     let mut phase = Phase::New;
     loop {
         let body = match read_frame(&mut stream) {
@@ -253,14 +255,36 @@ pub fn serve(mut stream: UnixStream, mut sealer: Sealer, degraded: bool) -> i32 
     }
 }
 
+/// The data key, and during a rotation the one before it (unseal and
+/// reseal only).
+pub struct Keys {
+    pub current: Sealer,
+    pub previous: Option<Sealer>,
+}
+
+impl Keys {
+    fn secret_regions(&self) -> Vec<(*const u8, usize)> {
+        self.previous.iter().chain([&self.current]).flat_map(Sealer::secret_regions).collect()
+    }
+
+    /// Unseals with whichever key the blob names.
+    fn unseal(&self, field: Field, row: RowId, blob: &[u8]) -> Result<Vec<u8>, SealError> {
+        match &self.previous {
+            Some(old) if Sealer::blob_key_id(blob) == Some(old.key_id()) => old.unseal(field, row, blob),
+            _ => self.current.unseal(field, row, blob),
+        }
+    }
+}
+
 /// When each request is allowed, as OpenSSH's monitor says of its own:
 ///
 /// | request | New | Loading (building the index) | Serving |
 /// |---|---|---|---|
 /// | hello | once | refused | refused |
 /// | seal, tag | refused | any batch | any batch |
-/// | unseal | refused | any batch (the whole store) | at most [`SERVING_MAX_UNSEAL`] records |
+/// | unseal, reseal | refused | any batch (the whole store) | at most [`SERVING_MAX_UNSEAL`] records |
 /// | ready | refused | once, to Serving | refused |
+/// | forget previous | refused | during a rotation | during a rotation |
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
     New,
@@ -268,18 +292,31 @@ pub enum Phase {
     Serving,
 }
 
-fn handle(sealer: &mut Sealer, phase: &mut Phase, degraded: bool, request: Request) -> Response {
+fn handle(keys: &mut Keys, phase: &mut Phase, degraded: bool, request: Request) -> Response {
     let refuse = Response::Refused;
+    let sealer = &mut keys.current;
     match (request, *phase) {
         (Request::Unknown(_), _) => refuse(Refusal::UnknownRequest),
         (Request::Hello { counter }, Phase::New) => {
             if let Some(blob) = counter {
-                if sealer.restore_counter(&blob).is_err() {
+                // A counter from before a rotation counts the previous key's
+                // seals; the new key starts from zero.
+                let restored = match &mut keys.previous {
+                    Some(old) if Sealer::blob_key_id(&blob) == Some(old.key_id()) => old.restore_counter(&blob),
+                    _ => sealer.restore_counter(&blob),
+                };
+                if restored.is_err() {
                     return refuse(Refusal::BadCounter);
                 }
             }
             *phase = Phase::Loading;
-            Response::Hello { key_id: sealer.key_id(), count: sealer.count(), limit: sealer.limit(), degraded }
+            Response::Hello {
+                key_id: sealer.key_id(),
+                previous: keys.previous.as_ref().map(Sealer::key_id),
+                count: sealer.count(),
+                limit: sealer.limit(),
+                degraded,
+            }
         }
         (Request::Hello { .. }, _) => refuse(Refusal::HelloTwice),
         (_, Phase::New) => refuse(Refusal::HelloFirst),
@@ -301,10 +338,31 @@ fn handle(sealer: &mut Sealer, phase: &mut Phase, degraded: bool, request: Reque
                 Err(e) => refuse(seal_refusal(e)),
             }
         }
-        (Request::Unseal(items), Phase::Serving) if items.len() > SERVING_MAX_UNSEAL => refuse(Refusal::TooManyItems),
-        (Request::Unseal(items), _) => {
-            Response::Unsealed(items.iter().map(|i| sealer.unseal(i.field, i.row, &i.blob)).collect())
+        (Request::Unseal(items) | Request::Reseal(items), Phase::Serving) if items.len() > SERVING_MAX_UNSEAL => {
+            refuse(Refusal::TooManyItems)
         }
+        (Request::Unseal(items), _) => {
+            Response::Unsealed(items.iter().map(|i| keys.unseal(i.field, i.row, &i.blob)).collect())
+        }
+        (Request::Reseal(items), _) => {
+            let Some(old) = &keys.previous else { return refuse(Refusal::NoPreviousKey) };
+            let mut blobs = Vec::with_capacity(items.len());
+            for i in &items {
+                match sealer.reseal(old, i.field, i.row, &i.blob) {
+                    Err(SealError::LimitReached) => return refuse(Refusal::LimitReached),
+                    r => blobs.push(r),
+                }
+            }
+            match sealer.counter_blob() {
+                Ok(counter) => Response::Resealed { counter, blobs },
+                Err(e) => refuse(seal_refusal(e)),
+            }
+        }
+        (Request::ForgetPrevious, _) => match keys.previous.take() {
+            // Dropping the sealer wipes the key.
+            Some(_) => Response::ForgotPrevious,
+            None => refuse(Refusal::NoPreviousKey),
+        },
         (Request::Tag(items), _) => Response::Tagged(items.iter().map(|i| sealer.tag(i)).collect()),
     }
 }
@@ -338,6 +396,10 @@ mod tests {
         Sealer::new(&Dek::from_bytes([9; 32]), KeyId([1; 16]))
     }
 
+    fn keys(current: Sealer) -> Keys {
+        Keys { current, previous: None }
+    }
+
     fn refused(r: Response) -> Option<Refusal> {
         match r {
             Response::Refused(x) => Some(x),
@@ -347,7 +409,7 @@ mod tests {
 
     #[test]
     fn requests_before_hello_unknown_kinds_and_forged_counters_are_refused() {
-        let mut s = sealer();
+        let mut s = keys(sealer());
         let mut phase = Phase::New;
         assert_eq!(
             refused(handle(&mut s, &mut phase, false, Request::Tag(vec![b"x".to_vec()]))),
@@ -377,7 +439,7 @@ mod tests {
 
     #[test]
     fn seal_limit_refuses_the_batch() {
-        let mut s = sealer().with_limit(2);
+        let mut s = keys(sealer().with_limit(2));
         let mut phase = Phase::New;
         handle(&mut s, &mut phase, false, Request::Hello { counter: None });
         let item = || SealItem { field: Field::RecordBody, row: RowId([2; 16]), plain: b"p".to_vec() };
@@ -393,7 +455,7 @@ mod tests {
     /// operation needs, and the phase cannot be reset.
     #[test]
     fn once_ready_the_keyholder_serves_only_batches_real_operations_need() {
-        let mut s = sealer();
+        let mut s = keys(sealer());
         let mut phase = Phase::New;
         assert_eq!(refused(handle(&mut s, &mut phase, false, Request::Ready)), Some(Refusal::HelloFirst));
         handle(&mut s, &mut phase, false, Request::Hello { counter: None });
@@ -428,5 +490,58 @@ mod tests {
             Some(Refusal::HelloTwice)
         );
         assert_eq!(phase, Phase::Serving, "nothing resets the phase");
+    }
+
+    /// Issue 11.3: during a rotation the keyholder unseals with the key each
+    /// blob names, re-seals old blobs under the new key without handing out
+    /// their plaintext, and forgets the old key when told.
+    #[test]
+    fn during_a_rotation_old_blobs_unseal_and_reseal_and_the_old_key_is_forgotten() {
+        let mut old = Sealer::new(&Dek::from_bytes([9; 32]), KeyId([1; 16]));
+        let row = RowId([5; 16]);
+        let old_blob = old.seal(Field::RecordBody, row, b"kept across keys").expect("seal");
+        let old_counter = old.counter_blob().expect("counter");
+        let tag = iai_keyfile::TagKey::derive(&Dek::from_bytes([9; 32]), &KeyId([1; 16]));
+        let mut s = Keys {
+            current: Sealer::with_tag_key(&Dek::from_bytes([7; 32]), KeyId([2; 16]), &tag),
+            previous: Some(Sealer::new(&Dek::from_bytes([9; 32]), KeyId([1; 16]))),
+        };
+        assert_eq!(s.current.tag(b"t"), old.tag(b"t"), "the tag key is carried over");
+        let mut phase = Phase::New;
+        // The stored counter is the old key's: accepted, the new key counts from zero.
+        match handle(&mut s, &mut phase, false, Request::Hello { counter: Some(old_counter) }) {
+            Response::Hello { key_id, previous, count, .. } => {
+                assert_eq!((key_id, previous, count), (KeyId([2; 16]), Some(KeyId([1; 16])), 0));
+            }
+            _ => panic!("hello refused"),
+        }
+        let item = |blob: &[u8]| UnsealItem { field: Field::RecordBody, row, blob: blob.to_vec() };
+        let mut flipped = old_blob.clone();
+        *flipped.last_mut().expect("byte") ^= 1;
+        let new_blob = match handle(&mut s, &mut phase, false, Request::Reseal(vec![item(&old_blob), item(&flipped)])) {
+            Response::Resealed { blobs, .. } => {
+                assert_eq!(blobs[1], Err(SealError::BadTag), "a damaged blob is not re-sealed");
+                blobs[0].clone().expect("re-sealed")
+            }
+            _ => panic!("reseal refused"),
+        };
+        assert_eq!(Sealer::blob_key_id(&new_blob), Some(KeyId([2; 16])));
+        match handle(&mut s, &mut phase, false, Request::Unseal(vec![item(&old_blob), item(&new_blob)])) {
+            Response::Unsealed(r) => {
+                assert_eq!(r[0].as_deref(), Ok(&b"kept across keys"[..]));
+                assert_eq!(r[1].as_deref(), Ok(&b"kept across keys"[..]));
+            }
+            _ => panic!("unseal refused"),
+        }
+        assert!(matches!(handle(&mut s, &mut phase, false, Request::ForgetPrevious), Response::ForgotPrevious));
+        assert_eq!(refused(handle(&mut s, &mut phase, false, Request::ForgetPrevious)), Some(Refusal::NoPreviousKey));
+        assert_eq!(
+            refused(handle(&mut s, &mut phase, false, Request::Reseal(vec![item(&old_blob)]))),
+            Some(Refusal::NoPreviousKey)
+        );
+        match handle(&mut s, &mut phase, false, Request::Unseal(vec![item(&old_blob)])) {
+            Response::Unsealed(r) => assert_eq!(r[0], Err(SealError::WrongKey), "the old key is gone"),
+            _ => panic!("unseal refused"),
+        }
     }
 }

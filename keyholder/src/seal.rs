@@ -13,7 +13,7 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretBox};
 use sha2::Sha256;
 
-use iai_keyfile::{Dek, KeyId};
+use iai_keyfile::{Dek, KeyId, TagKey};
 
 pub const BLOB_VERSION: u8 = 1;
 pub const BLOB_OVERHEAD: usize = 1 + 16 + 12 + 16;
@@ -109,12 +109,17 @@ pub struct Sealer {
 }
 
 impl Sealer {
+    /// A sealer whose tags use the tag key derived from `dek` (a store
+    /// that never rotated its key).
     pub fn new(dek: &Dek, key_id: KeyId) -> Sealer {
+        Sealer::with_tag_key(dek, key_id, &TagKey::derive(dek, &key_id))
+    }
+
+    /// A sealer with the tag key the key file holds.
+    pub fn with_tag_key(dek: &Dek, key_id: KeyId, tag: &TagKey) -> Sealer {
         let aead = Box::new(Aes256Gcm::new(dek.expose().into()));
         let mut tag_key = SecretBox::new(Box::new([0u8; 32]));
-        let hk = hkdf::Hkdf::<Sha256>::new(Some(&key_id.0), dek.expose());
-        // Expanding 32 bytes from SHA-256 HKDF cannot fail (limit is 255 * 32).
-        let _ = hk.expand(b"iai-mcp duplicate tag v1", secrecy::ExposeSecretMut::expose_secret_mut(&mut tag_key));
+        secrecy::ExposeSecretMut::expose_secret_mut(&mut tag_key).copy_from_slice(tag.expose());
         Sealer { key_id, aead, tag_key, count: 0, limit: SEAL_LIMIT }
     }
 
@@ -189,6 +194,18 @@ impl Sealer {
         self.aead
             .decrypt(Nonce::from_slice(&blob[17..29]), Payload { msg: &blob[29..], aad: &ad })
             .map_err(|_| SealError::BadTag)
+    }
+
+    /// Key rotation: `blob`, sealed by `old`, sealed again by this sealer
+    /// for the same place. The plaintext is wiped before this returns.
+    pub fn reseal(&mut self, old: &Sealer, field: Field, row: RowId, blob: &[u8]) -> Result<Vec<u8>, SealError> {
+        let plain = zeroize::Zeroizing::new(old.unseal(field, row, blob)?);
+        self.seal(field, row, &plain)
+    }
+
+    /// The id of the data key a blob was sealed under, if it has one.
+    pub fn blob_key_id(blob: &[u8]) -> Option<KeyId> {
+        blob.get(1..17).map(|b| KeyId(b.try_into().expect("16 bytes")))
     }
 
     pub fn seal(&mut self, field: Field, row: RowId, plain: &[u8]) -> Result<Vec<u8>, SealError> {

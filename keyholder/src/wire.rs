@@ -29,11 +29,15 @@ mod kind {
     pub const UNSEAL: u8 = 0x03;
     pub const TAG: u8 = 0x04;
     pub const READY: u8 = 0x05;
+    pub const RESEAL: u8 = 0x06;
+    pub const FORGET_PREVIOUS: u8 = 0x07;
     pub const HELLO_OK: u8 = 0x81;
     pub const SEALED: u8 = 0x82;
     pub const UNSEALED: u8 = 0x83;
     pub const TAGGED: u8 = 0x84;
     pub const READY_OK: u8 = 0x85;
+    pub const RESEALED: u8 = 0x86;
+    pub const FORGOT_PREVIOUS: u8 = 0x87;
     pub const REFUSED: u8 = 0xff;
 }
 
@@ -61,6 +65,12 @@ pub enum Request {
     /// The index is built: from now on only batches the size of real
     /// operations are served (see [`SERVING_MAX_UNSEAL`]). Once.
     Ready,
+    /// Key rotation: each blob (sealed under the previous data key) unsealed
+    /// and sealed again under the current one, its plaintext never leaving
+    /// the keyholder.
+    Reseal(Vec<UnsealItem>),
+    /// Key rotation is finished: the previous data key is wiped.
+    ForgetPrevious,
     /// A request kind this keyholder does not know.
     Unknown(u8),
 }
@@ -68,6 +78,8 @@ pub enum Request {
 pub enum Response {
     Hello {
         key_id: KeyId,
+        /// The data key before a rotation still under way.
+        previous: Option<KeyId>,
         count: u64,
         limit: u64,
         degraded: bool,
@@ -81,6 +93,12 @@ pub enum Response {
     Unsealed(Vec<Result<Vec<u8>, SealError>>),
     Tagged(Vec<[u8; 32]>),
     Ready,
+    /// One result per item, and the counter blob to store with them.
+    Resealed {
+        counter: Vec<u8>,
+        blobs: Vec<Result<Vec<u8>, SealError>>,
+    },
+    ForgotPrevious,
     Refused(Refusal),
 }
 
@@ -104,6 +122,8 @@ pub enum Refusal {
     ReadyTwice,
     #[error("more records in one request than a serving storer ever needs")]
     TooManyItems,
+    #[error("no key rotation is under way (there is no previous data key)")]
+    NoPreviousKey,
 }
 
 impl Refusal {
@@ -117,6 +137,7 @@ impl Refusal {
             Refusal::Random => 6,
             Refusal::ReadyTwice => 7,
             Refusal::TooManyItems => 8,
+            Refusal::NoPreviousKey => 9,
         }
     }
     fn from_code(c: u8) -> Result<Refusal, WireError> {
@@ -129,6 +150,7 @@ impl Refusal {
             6 => Refusal::Random,
             7 => Refusal::ReadyTwice,
             8 => Refusal::TooManyItems,
+            9 => Refusal::NoPreviousKey,
             _ => return Err(WireError::Malformed("unknown refusal code")),
         })
     }
@@ -260,6 +282,58 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// An unseal or reseal request: items naming a field, a row and a blob.
+fn blob_items(kind: u8, items: &[UnsealItem]) -> Vec<u8> {
+    let mut w = Writer::new(kind);
+    w.count(items.len());
+    for it in items {
+        w.u8(it.field as u8);
+        w.raw(&it.row.0);
+        w.bytes(&it.blob);
+    }
+    w.0
+}
+
+impl Writer {
+    /// One result per item: `0 | bytes`, or an error code and its detail.
+    fn results(&mut self, items: &[Result<Vec<u8>, SealError>]) {
+        self.count(items.len());
+        for it in items {
+            match it {
+                Ok(p) => {
+                    self.u8(0);
+                    self.bytes(p);
+                }
+                Err(e) => {
+                    let (c, x) = seal_error_code(*e);
+                    self.u8(c);
+                    self.u8(x);
+                }
+            }
+        }
+    }
+}
+
+impl Reader<'_> {
+    fn blob_items(&mut self) -> Result<Vec<UnsealItem>, WireError> {
+        let n = self.count(1 + 16 + 4)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            items.push(UnsealItem { field: self.field()?, row: RowId(self.array()?), blob: self.bytes()? });
+        }
+        Ok(items)
+    }
+    fn results(&mut self) -> Result<Vec<Result<Vec<u8>, SealError>>, WireError> {
+        let n = self.count(2)?;
+        let mut items = Vec::with_capacity(n);
+        for _ in 0..n {
+            let code = self.u8()?;
+            items.push(if code == 0 { Ok(self.bytes()?) } else { Err(seal_error_from(code, self.u8()?)?) });
+        }
+        Ok(items)
+    }
+}
+
 fn open(body: &[u8]) -> Result<(u8, Reader<'_>), WireError> {
     let mut r = Reader { buf: body };
     let version = r.u8()?;
@@ -317,16 +391,9 @@ impl Request {
                 }
                 w.0
             }
-            Request::Unseal(items) => {
-                let mut w = Writer::new(kind::UNSEAL);
-                w.count(items.len());
-                for it in items {
-                    w.u8(it.field as u8);
-                    w.raw(&it.row.0);
-                    w.bytes(&it.blob);
-                }
-                w.0
-            }
+            Request::Unseal(items) => blob_items(kind::UNSEAL, items),
+            Request::Reseal(items) => blob_items(kind::RESEAL, items),
+            Request::ForgetPrevious => Writer::new(kind::FORGET_PREVIOUS).0,
             Request::Tag(items) => {
                 let mut w = Writer::new(kind::TAG);
                 w.count(items.len());
@@ -356,14 +423,9 @@ impl Request {
                 }
                 Request::Seal(items)
             }
-            kind::UNSEAL => {
-                let n = r.count(1 + 16 + 4)?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    items.push(UnsealItem { field: r.field()?, row: RowId(r.array()?), blob: r.bytes()? });
-                }
-                Request::Unseal(items)
-            }
+            kind::UNSEAL => Request::Unseal(r.blob_items()?),
+            kind::RESEAL => Request::Reseal(r.blob_items()?),
+            kind::FORGET_PREVIOUS => Request::ForgetPrevious,
             kind::TAG => {
                 let n = r.count(4)?;
                 let mut items = Vec::with_capacity(n);
@@ -383,9 +445,16 @@ impl Request {
 impl Response {
     pub fn encode(&self) -> Vec<u8> {
         match self {
-            Response::Hello { key_id, count, limit, degraded } => {
+            Response::Hello { key_id, previous, count, limit, degraded } => {
                 let mut w = Writer::new(kind::HELLO_OK);
                 w.raw(&key_id.0);
+                match previous {
+                    None => w.u8(0),
+                    Some(p) => {
+                        w.u8(1);
+                        w.raw(&p.0);
+                    }
+                }
                 w.u64(*count);
                 w.u64(*limit);
                 w.u8(u8::from(*degraded));
@@ -402,22 +471,16 @@ impl Response {
             }
             Response::Unsealed(items) => {
                 let mut w = Writer::new(kind::UNSEALED);
-                w.count(items.len());
-                for it in items {
-                    match it {
-                        Ok(p) => {
-                            w.u8(0);
-                            w.bytes(p);
-                        }
-                        Err(e) => {
-                            let (c, x) = seal_error_code(*e);
-                            w.u8(c);
-                            w.u8(x);
-                        }
-                    }
-                }
+                w.results(items);
                 w.0
             }
+            Response::Resealed { counter, blobs } => {
+                let mut w = Writer::new(kind::RESEALED);
+                w.bytes(counter);
+                w.results(blobs);
+                w.0
+            }
+            Response::ForgotPrevious => Writer::new(kind::FORGOT_PREVIOUS).0,
             Response::Tagged(tags) => {
                 let mut w = Writer::new(kind::TAGGED);
                 w.count(tags.len());
@@ -439,7 +502,13 @@ impl Response {
         let (k, mut r) = open(body)?;
         let resp = match k {
             kind::HELLO_OK => {
-                Response::Hello { key_id: KeyId(r.array()?), count: r.u64()?, limit: r.u64()?, degraded: r.u8()? != 0 }
+                let key_id = KeyId(r.array()?);
+                let previous = match r.u8()? {
+                    0 => None,
+                    1 => Some(KeyId(r.array()?)),
+                    _ => return Err(WireError::Malformed("bad previous-key flag")),
+                };
+                Response::Hello { key_id, previous, count: r.u64()?, limit: r.u64()?, degraded: r.u8()? != 0 }
             }
             kind::SEALED => {
                 let counter = r.bytes()?;
@@ -450,15 +519,9 @@ impl Response {
                 }
                 Response::Sealed { counter, blobs }
             }
-            kind::UNSEALED => {
-                let n = r.count(2)?;
-                let mut items = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let code = r.u8()?;
-                    items.push(if code == 0 { Ok(r.bytes()?) } else { Err(seal_error_from(code, r.u8()?)?) });
-                }
-                Response::Unsealed(items)
-            }
+            kind::UNSEALED => Response::Unsealed(r.results()?),
+            kind::RESEALED => Response::Resealed { counter: r.bytes()?, blobs: r.results()? },
+            kind::FORGOT_PREVIOUS => Response::ForgotPrevious,
             kind::TAGGED => {
                 let n = r.count(32)?;
                 let mut tags = Vec::with_capacity(n);
