@@ -57,6 +57,15 @@ fn private_dir(dir: &Path) -> Result<()> {
 /// Takes a consistent database copy into `dir/store/memory.db` and the key
 /// into `dir/.key`; returns the number of records.
 fn copy_store(home: &Home, dir: &Path) -> Result<u64> {
+    // Key changes (passwd, recovery-code, rotate) hold this lock exclusively
+    // while they write `.key`: the copied key then always opens the copied
+    // database (a rotation never writes a value under a key the file lacks).
+    let _key_lock = crate::keys::lock_home(
+        home,
+        nix::fcntl::FlockArg::LockSharedNonblock,
+        std::time::Duration::from_secs(30),
+    )
+    .context("the key file is being changed (passwd, recovery-code or rotate is waiting or running); try again when it has finished")?;
     private_dir(&dir.join("store"))?;
     let partial = dir.join("store/memory.db.partial");
     iai_storer::db::snapshot(&home.db(), &partial)

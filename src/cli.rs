@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use iai_keyholder::startup::{self, Startup};
-use iai_keyholder::{KdfParams, KeyFile, KeyFileError};
+use iai_keyholder::{KdfParams, KeyFile, KeyFileError, Passphrase};
 use iai_policy::Home;
 use iai_storer::client::{Client, ClientError};
 use iai_storer::proto::{
@@ -85,6 +85,25 @@ enum Cmd {
         /// Read the new passphrase from this open file descriptor (first line); else $IAI_MCP_NEW_PASSPHRASE, else a prompt.
         #[arg(long, value_name = "N")]
         new_passphrase_fd: Option<i32>,
+    },
+    /// Give the store a new data key: every sealed value is re-sealed under it while the store stays in use,
+    /// then the old key is destroyed. Safe to interrupt: run it again to carry on.
+    Rotate {
+        /// Read the passphrase from this open file descriptor (first line).
+        #[arg(long, value_name = "N")]
+        passphrase_fd: Option<i32>,
+        /// Read the recovery code from this open file descriptor; else $IAI_MCP_RECOVERY_CODE, else a prompt.
+        #[arg(long, value_name = "N")]
+        recovery_code_fd: Option<i32>,
+        /// Do not wrap the new key for the recovery code: the recovery code stops working.
+        #[arg(long)]
+        drop_recovery_code: bool,
+        /// Values re-sealed per step (one transaction each; other requests wait at most one step).
+        #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        batch: u32,
+        /// Run even if the kernel cannot enforce the sandbox (Landlock, seccomp). Not recommended.
+        #[arg(long)]
+        allow_degraded_sandbox: bool,
     },
     /// Copy the store and its key into DEST (a new directory), sealed as at rest; captures carry on meanwhile.
     Backup {
@@ -326,6 +345,17 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Passwd { recovery_code, passphrase_fd, new_passphrase_fd } => {
             holds_secrets()?;
             crate::keys::passwd(&home, recovery_code, passphrase_fd, new_passphrase_fd)
+        }
+        Cmd::Rotate { passphrase_fd, recovery_code_fd, drop_recovery_code, batch, allow_degraded_sandbox } => {
+            holds_secrets()?;
+            let opts = crate::rotate::Options {
+                passphrase_fd,
+                recovery_code_fd,
+                drop_recovery_code,
+                batch,
+                allow_degraded: allow_degraded_sandbox,
+            };
+            crate::rotate::rotate(&home, &opts)
         }
         Cmd::Backup { dest } => crate::backup::backup(&home, &dest),
         Cmd::Export { to, recipient, passphrase_fd } => {
@@ -675,6 +705,12 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, recovery_code: bool, allow_de
     } else {
         passphrase::obtain(passphrase_fd, false)?
     };
+    start_pair(home, pass, recovery_code, allow_degraded)
+}
+
+/// Starts the keyholder (which starts the storer) with `pass`; returns once
+/// the storer serves.
+pub(crate) fn start_pair(home: &Home, pass: Passphrase, recovery_code: bool, allow_degraded: bool) -> Result<()> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -772,7 +808,7 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 /// How long `lock` waits for the pair to exit before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-fn lock(home: &Home) -> Result<()> {
+pub(crate) fn lock(home: &Home) -> Result<()> {
     let running = procs::running(home);
     let answered = match Client::connect(home) {
         Ok(mut c) => {
@@ -846,6 +882,22 @@ fn lock(home: &Home) -> Result<()> {
         shown.join(", ")
     );
     Ok(())
+}
+
+/// Says when a key rotation is unfinished (the key file still holds the old key).
+fn rotation_note(home: &Home, s: &iai_storer::proto::Stats) -> Option<String> {
+    let file = crate::backup::read_key(&home.key()).ok().and_then(|b| KeyFile::parse(&b).ok())?;
+    file.previous_id()?;
+    Some(if s.previous_key_id.is_some() {
+        format!(
+            "NOTE: a key rotation is unfinished: {} values are still under the old key; run `iai-mcp rotate` to finish it",
+            s.old_key_values
+        )
+    } else {
+        "NOTE: a key rotation is unfinished (the running pair does not use the new key yet); run `iai-mcp rotate` to \
+         finish it"
+            .to_string()
+    })
 }
 
 /// Appends a line to the daemon log (so `status` can tell a lock from a crash).
@@ -978,7 +1030,15 @@ fn status(home: &Home, json: bool) -> Result<()> {
     let tiers: Vec<String> = s.per_tier.iter().map(|t| format!("{} {}", t.tier.name(), t.records)).collect();
     println!("  memories: {} ({})", s.records, tiers.join(", "));
     println!("  store size: {} bytes", s.store_bytes);
-    println!("  seals: {} of at most {} for this key", s.seal_count, s.seal_limit);
+    println!(
+        "  seals: {} of at most {} for this key ({})",
+        s.seal_count,
+        s.seal_limit,
+        s.key_id.get(..8).unwrap_or("unknown")
+    );
+    if let Some(note) = rotation_note(home, &s) {
+        println!("  {note}");
+    }
     if !s.memory_locked {
         let swaps = iai_policy::swap::unencrypted();
         if !swaps.is_empty() {

@@ -57,30 +57,62 @@ fn new_recovery_code() -> Result<(Passphrase, zeroize::Zeroizing<String>)> {
     Ok((Passphrase::from_slice(plain.as_bytes()), zeroize::Zeroizing::new(shown)))
 }
 
-/// The key file, held for a change: read under an exclusive lock on `.key`
-/// (two changes never interleave), with any `.key.new` a killed change left
-/// behind removed.
-struct Change {
+/// Locks the home directory (`flock`): key changes exclusively, backups
+/// shared. The directory, not `.key`, because every change replaces `.key`
+/// by a rename, and a lock on a replaced file would guard nothing. Waits up
+/// to `wait` for the lock.
+pub(crate) fn lock_home(home: &Home, how: FlockArg, wait: std::time::Duration) -> Result<Flock<std::fs::File>> {
+    let mut dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(home.root())
+        .with_context(|| format!("cannot open {}", home.root().display()))?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match Flock::lock(dir, how) {
+            Ok(lock) => return Ok(lock),
+            Err((back, _)) if std::time::Instant::now() < deadline => {
+                dir = back;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err((_, e)) => bail!("{} is locked ({e})", home.root().display()),
+        }
+    }
+}
+
+/// The key file, held for a change: read under an exclusive lock on the
+/// home (two changes never interleave, and no backup copies the key
+/// meanwhile), with any `.key.new` a killed change left behind removed.
+pub(crate) struct Change {
     home: Home,
-    file: KeyFile,
+    pub(crate) file: KeyFile,
     _lock: Flock<std::fs::File>,
 }
 
-fn begin(home: &Home) -> Result<Change> {
+pub(crate) fn begin(home: &Home) -> Result<Change> {
+    begin_within(home, std::time::Duration::ZERO)
+}
+
+/// [`begin`], waiting up to `wait` for another change or a backup to finish.
+pub(crate) fn begin_within(home: &Home, wait: std::time::Duration) -> Result<Change> {
     let key = home.key();
     let problems = iai_policy::home_check::check(home, nix::unistd::getuid().as_raw());
     if let Some(p) = problems.first() {
         bail!("refusing to change the key of a home that is not safe to use: {}; fix: {}", p.what, p.fix);
     }
-    let f = OpenOptions::new()
+    let lock = lock_home(home, FlockArg::LockExclusiveNonblock, wait).map_err(|e| {
+        e.context(format!(
+            "another change of {} (or a backup) is in progress; try again when it has finished",
+            key.display()
+        ))
+    })?;
+    let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
         .open(&key)
         .with_context(|| format!("cannot open {} (run `iai-mcp init` first?)", key.display()))?;
-    let mut lock = Flock::lock(f, FlockArg::LockExclusiveNonblock)
-        .map_err(|_| anyhow!("another change of {} is in progress; try again when it has finished", key.display()))?;
     let mut bytes = Vec::with_capacity(MAX_KEYFILE_LEN + 1);
-    (&mut *lock).take(MAX_KEYFILE_LEN as u64 + 1).read_to_end(&mut bytes).context("cannot read the key file")?;
+    (&mut file).take(MAX_KEYFILE_LEN as u64 + 1).read_to_end(&mut bytes).context("cannot read the key file")?;
     let file = KeyFile::parse(&bytes).with_context(|| format!("{} is not usable", key.display()))?;
     let stale = staging(home);
     match std::fs::symlink_metadata(&stale) {
@@ -114,11 +146,11 @@ impl Change {
     }
 
     /// Writes `new` in place of `.key`, after checking that `kind` opens it
-    /// with `secret` to the same data key.
-    fn commit(self, new: &KeyFile, dek: &Dek, check: Option<(SlotKind, &Passphrase)>) -> Result<()> {
+    /// with `secret` to the data key `dek`.
+    pub(crate) fn commit(self, new: &KeyFile, check: Option<(SlotKind, &Passphrase, &Dek)>) -> Result<()> {
         let bytes = new.to_bytes();
         let reread = KeyFile::parse(&bytes).context("the new key file does not parse (a bug; nothing was changed)")?;
-        if let Some((kind, secret)) = check {
+        if let Some((kind, secret, dek)) = check {
             let opened = reread
                 .unwrap_with(kind, secret)
                 .context("the new key file does not open (a bug; nothing was changed)")?;
@@ -151,7 +183,7 @@ impl Change {
 
 /// The KDF cost of a new passphrase slot: the old one's, or the default if
 /// the old one was weaker.
-fn passphrase_params(old: &KeyFile) -> KdfParams {
+pub(crate) fn passphrase_params(old: &KeyFile) -> KdfParams {
     let p = old.params();
     if p.at_least_default() {
         p
@@ -170,7 +202,7 @@ pub fn passwd(home: &Home, recovery: bool, fd: Option<i32>, new_fd: Option<i32>)
         .with_slot(&dek, SlotKind::Passphrase, &new_pass, params, None)
         .map_err(|e| anyhow!("cannot wrap the key: {e}; nothing was changed"))?;
     let upgraded = change.file.version() < new.version();
-    change.commit(&new, &dek, Some((SlotKind::Passphrase, &new_pass)))?;
+    change.commit(&new, Some((SlotKind::Passphrase, &new_pass, &dek)))?;
     println!("the passphrase is changed{}", if upgraded { " (the key file is now version 2)" } else { "" });
     if new.slot(SlotKind::RecoveryCode).is_some() {
         println!("the recovery code still works");
@@ -193,7 +225,7 @@ pub fn recovery_add(home: &Home, fd: Option<i32>) -> Result<()> {
         .with_slot(&dek, SlotKind::RecoveryCode, &code, params, Some(&pass))
         .map_err(|e| anyhow!("cannot wrap the key: {e}; nothing was changed"))?;
     drop(pass);
-    change.commit(&new, &dek, Some((SlotKind::RecoveryCode, &code)))?;
+    change.commit(&new, Some((SlotKind::RecoveryCode, &code, &dek)))?;
     // Shown only once it is on disk: a code shown but not saved would be worse than none.
     println!("Recovery code (shown once; write it down and keep it apart from this computer):\n\n    {}\n", *shown);
     println!(
@@ -212,7 +244,8 @@ pub fn recovery_remove(home: &Home, fd: Option<i32>) -> Result<()> {
     // Only the owner of the passphrase removes the way back in.
     let dek = change.open(false, fd)?;
     let new = change.file.without_slot(SlotKind::RecoveryCode).map_err(|e| anyhow!("{e}"))?;
-    change.commit(&new, &dek, None)?;
+    drop(dek);
+    change.commit(&new, None)?;
     println!("the recovery code is removed: only the passphrase unlocks this store now");
     Ok(())
 }

@@ -10,6 +10,7 @@ mod hooks;
 mod keys;
 mod passphrase;
 mod roles;
+mod rotate;
 mod sys;
 
 use std::process::ExitCode;

@@ -31,13 +31,18 @@ pub fn obtain_new(fd: Option<i32>) -> Result<Passphrase> {
 /// prompt), normalised: case, spaces and dashes do not matter, and letters
 /// that look like digits (O, I, L) are read as the digits.
 pub fn obtain_recovery_code(fd: Option<i32>) -> Result<Passphrase> {
+    obtain_recovery_code_from(fd, "--passphrase-fd")
+}
+
+/// [`obtain_recovery_code`], the descriptor given by the option `flag`.
+pub fn obtain_recovery_code_from(fd: Option<i32>, flag: &str) -> Result<Passphrase> {
     let raw = if let Some(fd) = fd {
-        from_fd(fd)?
+        from_fd(fd, flag)?
     } else if let Some(v) = take_env(RECOVERY_ENV) {
         v
     } else {
         let code = rpassword::prompt_password("Recovery code: ").map(Zeroizing::new).map_err(|_| {
-            anyhow::anyhow!("no recovery code given: run in a terminal, pass --passphrase-fd N, or set {RECOVERY_ENV}")
+            anyhow::anyhow!("no recovery code given: run in a terminal, pass {flag} N, or set {RECOVERY_ENV}")
         })?;
         Passphrase::from_slice(code.as_bytes())
     };
@@ -53,7 +58,7 @@ fn take_env(name: &str) -> Option<Passphrase> {
 
 fn obtain_from(fd: Option<i32>, env: &str, new: bool) -> Result<Passphrase> {
     let pass = if let Some(fd) = fd {
-        from_fd(fd)?
+        from_fd(fd, "--passphrase-fd")?
     } else if let Some(v) = take_env(env) {
         v
     } else {
@@ -72,9 +77,8 @@ fn obtain_from(fd: Option<i32>, env: &str, new: bool) -> Result<Passphrase> {
 }
 
 /// Reads the first line from descriptor `fd` (a pipe or file the caller opened).
-fn from_fd(fd: i32) -> Result<Passphrase> {
-    let file =
-        crate::sys::dup_inherited(fd).with_context(|| format!("--passphrase-fd {fd}: descriptor is not open"))?;
+fn from_fd(fd: i32, flag: &str) -> Result<Passphrase> {
+    let file = crate::sys::dup_inherited(fd).with_context(|| format!("{flag} {fd}: descriptor is not open"))?;
     // Stop at the first newline: a pipe that stays open must not block us.
     // A fixed buffer: a growing one would leave unwiped copies behind.
     let mut buf = Zeroizing::new([0u8; MAX_PASSPHRASE_BYTES + 2]);
@@ -85,7 +89,7 @@ fn from_fd(fd: i32) -> Result<Passphrase> {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).with_context(|| format!("--passphrase-fd {fd}: cannot read")),
+            Err(e) => return Err(e).with_context(|| format!("{flag} {fd}: cannot read")),
         }
     }
     let mut end = buf[..len].iter().position(|&b| b == b'\n').unwrap_or(len);

@@ -212,7 +212,8 @@ pub fn key_header_checks(bytes: Option<&[u8]>, key: &Path) -> Vec<Check> {
         Ok(kf) => {
             let k = kf.params();
             let d = KdfParams::DEFAULT;
-            let slots: Vec<&str> = kf.slots().iter().map(|s| s.kind().name()).collect();
+            let slots: Vec<&str> =
+                kf.slots().iter().filter(|s| s.kind().is_secret()).map(|s| s.kind().name()).collect();
             let header = Check::pass(
                 "key.header",
                 format!("{p} is a version {} key file; it opens with: {}", kf.version(), slots.join(", ")),
@@ -234,7 +235,15 @@ pub fn key_header_checks(bytes: Option<&[u8]>, key: &Path) -> Vec<Check> {
                     "`iai-mcp passwd` rewraps the key at the default cost (weaker costs make a passphrase easier to guess)",
                 )
             };
-            vec![header, kdf]
+            let rotation = match kf.previous_id() {
+                None => Check::pass("key.rotation", "no key rotation is under way"),
+                Some(_) => Check::warn(
+                    "key.rotation",
+                    format!("a key rotation is unfinished: {p} still holds the previous data key"),
+                    "run `iai-mcp rotate`: it carries on where it stopped, then destroys the old key",
+                ),
+            };
+            vec![header, kdf, rotation]
         }
     }
 }

@@ -203,8 +203,8 @@ fn seal(iters: usize, json: bool) {
 
         // The real keyholder serve loop at the far end of a real socketpair.
         let (mine, theirs) = UnixStream::pair().expect("socketpair");
-        let sealer = Sealer::new(&dek, key_id);
-        let server = std::thread::spawn(move || iai_keyholder::daemon::serve(theirs, sealer, false));
+        let keys = iai_keyholder::daemon::Keys { current: Sealer::new(&dek, key_id), previous: None };
+        let server = std::thread::spawn(move || iai_keyholder::daemon::serve(theirs, keys, false));
         let mut kh = KeyholderClient::hello(mine, None).expect("hello");
         let t = Instant::now();
         for _ in 0..ops / batch {
@@ -857,8 +857,8 @@ fn run_with(bin: &Path, home: &Path, args: &[&str], line: &str, env: &[(&str, &s
 }
 
 /// The key lifecycle's costs on a store of `records`: passwd against the
-/// unlock it is made of (both Argon2-bound), backup, export and import
-/// throughput; medians of `runs`, interleaved.
+/// unlock it is made of (both Argon2-bound), backup, export, import and
+/// rotate throughput; medians of `runs`, interleaved.
 fn lifecycle(records: usize, runs: usize, json: bool) {
     let bin = iai_bin();
     let (_dir, home, mut client) = unlocked_store(&bin);
@@ -867,6 +867,7 @@ fn lifecycle(records: usize, runs: usize, json: bool) {
     let work = tempfile::Builder::new().prefix("iai-bench-lc").tempdir_in("/tmp").expect("tempdir");
     let export_pass = [("IAI_MCP_EXPORT_PASSPHRASE", "benchmark export passphrase")];
     let (mut passwd, mut unlock, mut backup, mut export, mut import) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut rotate = vec![];
     let mut export_bytes = 0u64;
     for r in 0..runs {
         let t = run_with(
@@ -894,6 +895,8 @@ fn lifecycle(records: usize, runs: usize, json: bool) {
         let (_d, target, _c) = unlocked_store(&bin);
         import.push(run_with(&bin, &target, &["import", file.to_str().expect("utf8")], "", &export_pass));
         run(&bin, &target, &["lock"], false);
+        // A whole rotation of the unlocked store: new key, restart, every value re-sealed, old bytes erased.
+        rotate.push(run_with(&bin, &home, &["rotate", "--passphrase-fd", "0"], PASS, &[]));
     }
     run(&bin, &home, &["lock"], false);
     let med = |xs: &mut Vec<Duration>| -> f64 {
@@ -902,6 +905,7 @@ fn lifecycle(records: usize, runs: usize, json: bool) {
     };
     let (pw, ul, bk, ex, im) =
         (med(&mut passwd), med(&mut unlock), med(&mut backup), med(&mut export), med(&mut import));
+    let ro = med(&mut rotate);
     let mib = export_bytes as f64 / (1 << 20) as f64;
     let v = serde_json::json!({
         "records": records, "runs": runs,
@@ -909,6 +913,7 @@ fn lifecycle(records: usize, runs: usize, json: bool) {
         "backup_s": bk, "backup_records_per_s": records as f64 / bk,
         "export_s": ex, "export_records_per_s": records as f64 / ex, "export_mib": mib, "export_mib_per_s": mib / ex,
         "import_s": im, "import_records_per_s": records as f64 / im,
+        "rotate_s": ro, "rotate_records_per_s": records as f64 / ro, "rotate_minus_unlock_s": ro - ul,
     });
     if json {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
@@ -918,6 +923,7 @@ fn lifecycle(records: usize, runs: usize, json: bool) {
         println!("backup {bk:.2} s ({:.0} records/s)", records as f64 / bk);
         println!("export {ex:.2} s ({:.0} records/s, {mib:.1} MiB, {:.1} MiB/s)", records as f64 / ex, mib / ex);
         println!("import {im:.2} s ({:.0} records/s)", records as f64 / im);
+        println!("rotate {ro:.2} s ({:.0} records/s; {:.2} s beyond one unlock)", records as f64 / ro, ro - ul);
     }
 }
 

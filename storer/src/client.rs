@@ -136,6 +136,9 @@ impl Client {
     pub fn import(&mut self, items: Vec<proto::MemoryRecord>) -> Result<proto::ImportResult, ClientError> {
         self.request(&Request::Import(proto::ImportRequest { items }))
     }
+    pub fn rotate(&mut self, r: proto::RotateRequest) -> Result<proto::RotateResult, ClientError> {
+        self.request(&Request::Rotate(r))
+    }
     pub fn capture_batch(&mut self, b: CaptureBatchRequest) -> Result<CaptureBatchResult, ClientError> {
         self.request(&Request::CaptureBatch(b))
     }

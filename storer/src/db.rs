@@ -491,6 +491,171 @@ where
     Ok(())
 }
 
+/// Where a sealed value lives (key rotation visits each of them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// `meta.event_head`.
+    Head,
+    /// `cursors.value` of this id.
+    Cursor([u8; 16]),
+    /// `events.detail` at this place in the trail (the id is the event's).
+    Event { seq: i64, id: [u8; 16] },
+    /// `records.body` of this row.
+    Body { seq: i64, id: [u8; 16] },
+    /// `records.state` of this row.
+    State { seq: i64, id: [u8; 16] },
+}
+
+/// How far a scan for values under one key has come: the head and cursors
+/// first, then events, then records, each in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Scan {
+    #[default]
+    Start,
+    Events(i64),
+    Records(i64),
+    Done,
+}
+
+/// Sealed values and where they live.
+pub type SealedValues = Vec<(Place, Vec<u8>)>;
+/// A record row's sequence number, id, body and state.
+type RecordBlobs = (i64, Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// The blobs' key-id bytes (after the version byte), as SQL.
+const KEY_OF: &str = "substr({}, 2, 16) = ?1";
+
+fn under(column: &str) -> String {
+    KEY_OF.replace("{}", column)
+}
+
+fn id16(v: Vec<u8>) -> [u8; 16] {
+    <[u8; 16]>::try_from(v.as_slice()).unwrap_or([0; 16])
+}
+
+impl Db {
+    /// How many sealed values are under the data key `key` (the
+    /// keyholder's own counter is not counted: every write replaces it).
+    pub fn count_under(&self, key: &[u8; 16]) -> rusqlite::Result<u64> {
+        let sql = format!(
+            "SELECT (SELECT count(*) FROM records WHERE {body}) + (SELECT count(*) FROM records WHERE {state})
+                  + (SELECT count(*) FROM events WHERE {detail}) + (SELECT count(*) FROM cursors WHERE {value})
+                  + (SELECT count(*) FROM meta WHERE k = ?2 AND {v})",
+            body = under("body"),
+            state = under("state"),
+            detail = under("detail"),
+            value = under("value"),
+            v = under("v"),
+        );
+        self.conn.query_row(&sql, params![&key[..], EVENT_HEAD_KEY], |r| r.get::<_, i64>(0)).map(|n| n as u64)
+    }
+
+    /// Whether the keyholder's stored counter is sealed under `key`.
+    pub fn counter_under(&self, key: &[u8; 16]) -> rusqlite::Result<bool> {
+        Ok(self.counter()?.is_some_and(|c| c.get(1..17) == Some(&key[..])))
+    }
+
+    /// Up to about `limit` values sealed under `key`, from `from` on, and
+    /// where the next scan starts.
+    pub fn sealed_under(&self, key: &[u8; 16], from: Scan, limit: u32) -> rusqlite::Result<(SealedValues, Scan)> {
+        let k = &key[..];
+        let mut out = Vec::new();
+        let mut scan = from;
+        while out.len() < limit as usize {
+            let left = limit as usize - out.len();
+            scan = match scan {
+                Scan::Start => {
+                    if let Some(head) = self.event_head()?.filter(|h| h.get(1..17) == Some(k)) {
+                        out.push((Place::Head, head));
+                    }
+                    let mut stmt =
+                        self.conn.prepare(&format!("SELECT id, value FROM cursors WHERE {}", under("value")))?;
+                    for c in stmt.query_map(params![k], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))? {
+                        let (id, value) = c?;
+                        out.push((Place::Cursor(id16(id)), value));
+                    }
+                    Scan::Events(0)
+                }
+                Scan::Events(after) => {
+                    let mut stmt = self.conn.prepare_cached(&format!(
+                        "SELECT seq, id, detail FROM events WHERE seq > ?2 AND {} ORDER BY seq LIMIT ?3",
+                        under("detail")
+                    ))?;
+                    let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = stmt
+                        .query_map(params![k, after, left as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let last = rows.last().map(|r| r.0);
+                    for (seq, id, detail) in rows {
+                        out.push((Place::Event { seq, id: id16(id) }, detail));
+                    }
+                    match last {
+                        Some(seq) if out.len() >= limit as usize => Scan::Events(seq),
+                        _ => Scan::Records(0),
+                    }
+                }
+                Scan::Records(after) => {
+                    let mut stmt = self.conn.prepare_cached(&format!(
+                        "SELECT seq, id, body, state FROM records WHERE seq > ?2 AND ({} OR {}) ORDER BY seq LIMIT ?3",
+                        under("body"),
+                        under("state")
+                    ))?;
+                    let rows: Vec<RecordBlobs> = stmt
+                        .query_map(params![k, after, left.div_ceil(2) as i64], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                        })?
+                        .collect::<rusqlite::Result<_>>()?;
+                    let full = rows.len() == left.div_ceil(2);
+                    let last = rows.last().map(|r| r.0);
+                    for (seq, id, body, state) in rows {
+                        let id = id16(id);
+                        if body.get(1..17) == Some(k) {
+                            out.push((Place::Body { seq, id }, body));
+                        }
+                        if state.get(1..17) == Some(k) {
+                            out.push((Place::State { seq, id }, state));
+                        }
+                    }
+                    match last {
+                        Some(seq) if full => Scan::Records(seq),
+                        _ => Scan::Done,
+                    }
+                }
+                Scan::Done => break,
+            };
+        }
+        Ok((out, scan))
+    }
+
+    /// Keeps the current counter blob (a rotation with nothing left to
+    /// re-seal still replaces the old key's counter).
+    pub fn set_counter(&mut self, counter: &[u8]) -> rusqlite::Result<()> {
+        self.write(Some(counter), |_| Ok(()))
+    }
+}
+
+/// Puts a re-sealed value in its place.
+pub fn replace_sealed(tx: &Transaction<'_>, place: &Place, blob: &[u8]) -> rusqlite::Result<()> {
+    match place {
+        Place::Head => set_event_head(tx, blob),
+        Place::Cursor(id) => {
+            tx.prepare_cached("UPDATE cursors SET value = ?2 WHERE id = ?1")?.execute(params![&id[..], blob])?;
+            Ok(())
+        }
+        Place::Event { seq, .. } => {
+            tx.prepare_cached("UPDATE events SET detail = ?2 WHERE seq = ?1")?.execute(params![seq, blob])?;
+            Ok(())
+        }
+        Place::Body { seq, .. } => {
+            tx.prepare_cached("UPDATE records SET body = ?2 WHERE seq = ?1")?.execute(params![seq, blob])?;
+            Ok(())
+        }
+        Place::State { seq, .. } => {
+            tx.prepare_cached("UPDATE records SET state = ?2 WHERE seq = ?1")?.execute(params![seq, blob])?;
+            Ok(())
+        }
+    }
+}
+
 /// Inserts a record with the sealed `state` (`row.state` is not used).
 pub fn insert_record(tx: &Transaction<'_>, row: &Row, state: &[u8]) -> rusqlite::Result<()> {
     tx.prepare_cached("INSERT INTO records(seq, id, dup_tag, body, state) VALUES(?1, ?2, ?3, ?4, ?5)")?

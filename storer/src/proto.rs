@@ -233,6 +233,40 @@ pub struct ImportResult {
     pub results: Vec<ImportItemResult>,
 }
 
+/// One step of a key rotation (`iai-mcp rotate`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// Most values to re-seal in this step (at most [`MAX_ROTATE_STEP`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Most values re-sealed by one rotation step (one transaction).
+pub const MAX_ROTATE_STEP: u32 = 1000;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotateResult {
+    /// The data key the keyholder seals with (hex key id).
+    pub key_id: String,
+    /// The data key being replaced; none when no rotation is under way in
+    /// the running pair.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+    /// Values re-sealed by this step.
+    pub resealed: u64,
+    /// Values still sealed under the previous key.
+    pub remaining: u64,
+    /// Values under the previous key that do not authenticate (changed
+    /// outside iai-mcp): they cannot be re-sealed, and the rotation cannot
+    /// finish while they are there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<String>,
+    /// Every value is under the new key, the old values' bytes are erased
+    /// from the files, and the keyholder has wiped the previous key.
+    pub finished: bool,
+}
+
 /// Most records per export page (each is unsealed for it).
 pub const MAX_EXPORT_PAGE: u32 = 500;
 
@@ -427,6 +461,8 @@ pub enum Request {
     Export(ExportRequest),
     /// Memories from an export, ids and dates kept, duplicates recognised.
     Import(ImportRequest),
+    /// Re-seals values still under the previous data key (`iai-mcp rotate`).
+    Rotate(RotateRequest),
     GetCursor {
         key: String,
     },
@@ -446,6 +482,7 @@ pub const REQUEST_TYPES: &[&str] = &[
     "capture_batch",
     "export",
     "import",
+    "rotate",
     "get_cursor",
     "stats",
     "shutdown",
@@ -585,6 +622,15 @@ pub struct Stats {
     /// The storer's memory is locked in RAM (never swapped).
     #[serde(default)]
     pub memory_locked: bool,
+    /// The id of the data key new values are sealed under (hex).
+    #[serde(default)]
+    pub key_id: String,
+    /// During a key rotation: the key being replaced, and how many values
+    /// are still sealed under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_id: Option<String>,
+    #[serde(default)]
+    pub old_key_values: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

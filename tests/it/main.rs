@@ -14,6 +14,7 @@ mod mcp;
 mod ordinary;
 mod plaintext;
 mod protocol;
+mod rotate;
 mod secrets;
 mod support;
 mod uid;

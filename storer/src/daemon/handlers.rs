@@ -21,6 +21,7 @@ pub(super) fn handle(st: &mut State, req: Request) -> Result<Vec<u8>, ErrorBody>
         Request::Stats => ok(stats(st)),
         Request::Export(e) => ok(export(st, e)),
         Request::Import(i) => ok(import(st, i)),
+        Request::Rotate(r) => ok(super::rotate::step(st, r)),
         Request::Shutdown => Err(internal("shutdown is handled by the connection")),
     }
 }
@@ -518,6 +519,9 @@ pub(super) fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
         degraded: st.degraded.clone(),
         disk_full: st.db.disk_full(),
         memory_locked: st.memory_locked,
+        key_id: hex(&info.key_id.0),
+        previous_key_id: info.previous.map(|k| hex(&k.0)),
+        old_key_values: st.rotation.as_ref().map_or(0, |r| r.remaining),
     })
 }
 

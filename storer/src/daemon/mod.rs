@@ -35,6 +35,7 @@ use crate::proto::{
 mod connections;
 mod handlers;
 mod load;
+mod rotate;
 mod sealing;
 mod trail;
 mod upgrade;
@@ -123,6 +124,8 @@ struct State {
     degraded: Vec<String>,
     keyholder_pid: u32,
     memory_locked: bool,
+    /// A key rotation under way (the keyholder holds the previous key).
+    rotation: Option<rotate::Rotation>,
 }
 
 struct Fail {
@@ -231,11 +234,13 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
         degraded,
         keyholder_pid,
         memory_locked,
+        rotation: None,
     };
     if state.db.version().map_err(|e| fail("storer", format!("cannot read the database: {e}")))? == 1 {
         upgrade::run(&mut state).map_err(|e| fail("storer", format!("upgrading the store: {}", e.message)))?;
     }
     load::run(&mut state).map_err(|e| fail("storer", e.message))?;
+    rotate::resume(&mut state).map_err(|e| fail("storer", e.message))?;
     log_unlock(&mut state).map_err(|e| fail("storer", e.message))?;
     // The index is built: the keyholder narrows what it serves from here on.
     state.kh.ready().map_err(|e| fail("storer", format!("keyholder: {e}")))?;
@@ -327,8 +332,8 @@ fn keyholder_error(e: ClientError) -> ErrorBody {
     match e {
         ClientError::Refused(Refusal::LimitReached) => ErrorBody::new(
             ErrorCode::SealLimit,
-            "this data key has sealed as many values as is safe; nothing was stored. Give the memories a new key: \
-             `iai-mcp export`, then `iai-mcp init` a new home and `iai-mcp import` the export into it",
+            "this data key has sealed as many values as is safe; nothing was stored. Give the store a new key with \
+             `iai-mcp rotate` (the store stays usable while it runs)",
         ),
         other => {
             iai_policy::log!("storer: keyholder failure: {other}");
