@@ -35,6 +35,28 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum HistoryAction {
+    /// Capture existing Claude Code and Codex transcripts, with the hooks' rules and positions: the hooks carry
+    /// on where it stops, and running it again captures nothing twice.
+    Import {
+        /// Only transcripts written on or after this day or time (2026-01-31, or RFC 3339).
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Only sessions that ran in this directory (or below it).
+        #[arg(long, value_name = "DIR")]
+        project: Option<std::path::PathBuf>,
+        #[arg(long, value_enum, default_value_t = Target::All)]
+        target: Target,
+    },
+    /// Capture what the hooks could not while the store was locked (`unlock` starts this by itself).
+    CatchUp {
+        /// Run quietly, writing the summary to run/hooks.log (what `unlock` starts).
+        #[arg(long, hide = true)]
+        background: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum RecoveryAction {
     /// Make a new recovery code (replacing any earlier one) and show it once.
     Add {
@@ -216,6 +238,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Your history on day one: import existing transcripts, or catch up what was written while locked.
+    History {
+        #[command(subcommand)]
+        action: HistoryAction,
+    },
     /// Install, remove or show the Claude Code and Codex hooks that capture every turn.
     Hooks {
         #[command(subcommand)]
@@ -358,6 +385,17 @@ fn run(cmd: Cmd) -> Result<()> {
             crate::rotate::rotate(&home, &opts)
         }
         Cmd::Backup { dest } => crate::backup::backup(&home, &dest),
+        Cmd::History { action } => match action {
+            HistoryAction::Import { since, project, target } => {
+                let since_ms = since.as_deref().map(|s| parse_day_or_time("--since", s)).transpose()?;
+                let project = project
+                    .map(|p| p.canonicalize().with_context(|| format!("--project {}: no such directory", p.display())))
+                    .transpose()?;
+                let scope = crate::hooks::history::Scope { hosts: target.hosts(), since_ms, project };
+                crate::hooks::history::import(&home, &scope)
+            }
+            HistoryAction::CatchUp { background } => crate::hooks::history::catch_up(&home, background),
+        },
         Cmd::Export { to, recipient, passphrase_fd } => {
             holds_secrets()?;
             crate::export::export(&home, to.as_deref(), &recipient, passphrase_fd)
@@ -569,6 +607,15 @@ fn holds_secrets() -> Result<()> {
 }
 
 /// An RFC 3339 time as milliseconds since the epoch.
+/// A day (`2026-01-31`, midnight UTC) or an RFC 3339 time.
+fn parse_day_or_time(flag: &str, s: &str) -> Result<i64> {
+    let t = s.trim();
+    if t.len() == 10 && t.as_bytes()[4] == b'-' && t.as_bytes()[7] == b'-' {
+        return parse_time(flag, &format!("{t}T00:00:00Z"));
+    }
+    parse_time(flag, t)
+}
+
 fn parse_time(flag: &str, s: &str) -> Result<i64> {
     humantime::parse_rfc3339_weak(s)
         .map_err(|e| anyhow!("{flag} {s:?}: {e} (use e.g. 2026-11-28T09:00:00Z)"))
@@ -756,6 +803,7 @@ pub(crate) fn start_pair(home: &Home, pass: Passphrase, recovery_code: bool, all
             for d in &stats.degraded {
                 eprintln!("iai-mcp: WARNING: sandbox degraded: {d}");
             }
+            start_catch_up(home);
             Ok(())
         }
         Some(Startup::Failed { stage, message }) => {
@@ -784,6 +832,32 @@ pub(crate) fn start_pair(home: &Home, pass: Passphrase, recovery_code: bool, all
             let _ = child.wait();
             bail!("the daemon exited without saying why; see {}", home.log_file().display())
         }
+    }
+}
+
+/// Starts the background catch-up of transcripts written while the store was
+/// locked, when a host has capture hooks; `unlock` does not wait for it.
+fn start_catch_up(home: &Home) {
+    let Ok(user_home) = crate::hooks::user_home() else { return };
+    if crate::hooks::history::hosts_with_hooks(&user_home).is_empty() {
+        return;
+    }
+    let spawned = Command::new("/proc/self/exe")
+        .args(["history", "catch-up", "--background"])
+        .env("IAI_MCP_HOME", home.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    match spawned {
+        Ok(_) => println!(
+            "catching up, in the background, the transcripts written while locked (`iai-mcp status` says when it is done)"
+        ),
+        Err(e) => eprintln!(
+            "iai-mcp: WARNING: could not start the catch-up of transcripts written while locked ({e}); run \
+             `iai-mcp history catch-up`"
+        ),
     }
 }
 
@@ -882,6 +956,24 @@ pub(crate) fn lock(home: &Home) -> Result<()> {
         shown.join(", ")
     );
     Ok(())
+}
+
+/// The catch-up after the last unlock: running, or its summary.
+fn last_catch_up(home: &Home) -> Option<String> {
+    let running = std::fs::read_dir("/proc").ok()?.flatten().any(|e| {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        args.windows(3).any(|w| w == [&b"history"[..], b"catch-up", b"--background"])
+            && std::fs::read(e.path().join("environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0).any(|v| v == format!("IAI_MCP_HOME={}", home.root().display()).as_bytes())
+            })
+    });
+    if running {
+        return Some("catching up transcripts written while locked (in the background)".into());
+    }
+    let log = std::fs::read_to_string(home.run_dir().join("hooks.log")).ok()?;
+    let last = log.lines().rev().find(|l| l.contains(" catch-up: "))?;
+    Some(format!("last catch-up of transcripts: {}", printable(last)))
 }
 
 /// Says when a key rotation is unfinished (the key file still holds the old key).
@@ -1038,6 +1130,9 @@ fn status(home: &Home, json: bool) -> Result<()> {
     );
     if let Some(note) = rotation_note(home, &s) {
         println!("  {note}");
+    }
+    if let Some(line) = last_catch_up(home) {
+        println!("  {line}");
     }
     if !s.memory_locked {
         let swaps = iai_policy::swap::unencrypted();

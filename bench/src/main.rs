@@ -42,6 +42,7 @@ fn main() {
         Some("hooks") => hooks(flag("--records", 10_000), flag("--runs", 200), json),
         Some("forget") => forget(flag("--records", 10_000), flag("--forgets", 50), json),
         Some("lifecycle") => lifecycle(flag("--records", 10_000), flag("--runs", 3), json),
+        Some("history") => history(flag("--transcripts", 200), flag("--turns", 100), json),
         Some("locomo") => {
             let dir =
                 args.get(1).filter(|a| !a.starts_with("--")).unwrap_or_else(|| die("locomo needs the data directory"));
@@ -924,6 +925,104 @@ fn lifecycle(records: usize, runs: usize, json: bool) {
         println!("export {ex:.2} s ({:.0} records/s, {mib:.1} MiB, {:.1} MiB/s)", records as f64 / ex, mib / ex);
         println!("import {im:.2} s ({:.0} records/s)", records as f64 / im);
         println!("rotate {ro:.2} s ({:.0} records/s; {:.2} s beyond one unlock)", records as f64 / ro, ro - ul);
+    }
+}
+
+/// `iai-mcp history import` of `transcripts` Claude Code and Codex
+/// transcripts of `turns` turns each (synthetic text), against capturing the
+/// same transcripts one hook run each into another store, in the same run.
+fn history(transcripts: usize, turns: usize, json: bool) {
+    let bin = iai_bin();
+    let user = tempfile::Builder::new().prefix("iai-bench-user").tempdir_in("/tmp").expect("tempdir");
+    let claude = user.path().join(".claude/projects/-work-app");
+    let codex = user.path().join(".codex/sessions/2026/10/02");
+    std::fs::create_dir_all(&claude).expect("mkdir");
+    std::fs::create_dir_all(&codex).expect("mkdir");
+    let mut rng = Rng(21);
+    let mut paths = Vec::new();
+    let mut bytes = 0u64;
+    for t in 0..transcripts {
+        let mut out = String::new();
+        let (path, session) = if t % 2 == 0 {
+            (claude.join(format!("s{t}.jsonl")), format!("s{t}"))
+        } else {
+            out.push_str(
+                &serde_json::json!({"type": "session_meta", "payload": {"id": format!("x{t}"), "cwd": "/work/lib"}})
+                    .to_string(),
+            );
+            out.push('\n');
+            (codex.join(format!("rollout-x{t}.jsonl")), format!("x{t}"))
+        };
+        for i in 0..turns {
+            let text = memory_text(&mut rng, t * turns + i);
+            let line = if t % 2 == 0 {
+                serde_json::json!({"type": if i % 2 == 0 { "user" } else { "assistant" }, "uuid": format!("{t}-{i}"),
+                    "sessionId": session, "cwd": "/work/app", "timestamp": "2026-10-01T09:00:00.000Z",
+                    "message": {"id": format!("m{t}-{i}"), "role": if i % 2 == 0 { "user" } else { "assistant" },
+                                "content": [{"type": "text", "text": text}]}})
+            } else {
+                let (role, kind) = if i % 2 == 0 { ("user", "input_text") } else { ("assistant", "output_text") };
+                serde_json::json!({"timestamp": "2026-10-02T10:00:02.000Z", "type": "response_item",
+                    "payload": {"type": "message", "role": role, "content": [{"type": kind, "text": text}]}})
+            };
+            out.push_str(&line.to_string());
+            out.push('\n');
+        }
+        bytes += out.len() as u64;
+        std::fs::write(&path, out).expect("write transcript");
+        paths.push((path, session));
+    }
+    let env_run = |home: &Path, args: &[&str], input: Option<String>| -> Duration {
+        let t = Instant::now();
+        let mut child = Command::new(&bin)
+            .args(args)
+            .env("IAI_MCP_HOME", home)
+            .env("HOME", user.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn");
+        let _ = child.stdin.take().expect("stdin").write_all(input.unwrap_or_default().as_bytes());
+        if !child.wait().expect("wait").success() {
+            die(&format!("iai-mcp {args:?} failed"));
+        }
+        t.elapsed()
+    };
+    let (_a, import_home, mut import_client) = unlocked_store(&bin);
+    let import = env_run(&import_home, &["history", "import"], None);
+    let imported = import_client.stats().expect("stats").records as usize;
+    let (_b, hook_home, mut hook_client) = unlocked_store(&bin);
+    let t = Instant::now();
+    for (path, session) in &paths {
+        let input = serde_json::json!({"session_id": session, "transcript_path": path, "cwd": "/work/app", "hook_event_name": "Stop"});
+        env_run(&hook_home, &["hook", "capture"], Some(input.to_string()));
+    }
+    let hooks = t.elapsed();
+    let hooked = hook_client.stats().expect("stats").records as usize;
+    drop((import_client, hook_client));
+    run(&bin, &import_home, &["lock"], false);
+    run(&bin, &hook_home, &["lock"], false);
+    if imported != transcripts * turns || hooked != imported {
+        die(&format!("expected {} turns; import stored {imported}, hooks {hooked}", transcripts * turns));
+    }
+    let (i, h) = (import.as_secs_f64(), hooks.as_secs_f64());
+    let mb = bytes as f64 / 1e6;
+    let v = serde_json::json!({
+        "transcripts": transcripts, "turns": transcripts * turns, "mb": mb,
+        "import_s": i, "import_turns_per_s": imported as f64 / i, "import_mb_per_s": mb / i,
+        "hooks_s": h, "hooks_turns_per_s": hooked as f64 / h, "import_over_hooks": h / i,
+    });
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        println!("history import of {transcripts} transcripts, {} turns, {mb:.1} MB", transcripts * turns);
+        println!("import {i:.2} s ({:.0} turns/s, {:.1} MB/s)", imported as f64 / i, mb / i);
+        println!(
+            "one hook run per transcript {h:.2} s ({:.0} turns/s); import is {:.1}x faster",
+            hooked as f64 / h,
+            h / i
+        );
     }
 }
 

@@ -5,6 +5,7 @@
 //! ends it at [`HARD_STOP`]), always exits 0, and writes one line to
 //! `run/hooks.log` (0600) with counts only, never text.
 
+pub mod history;
 pub mod redact;
 pub mod settings;
 pub mod transcript;
@@ -33,7 +34,7 @@ const MAX_INPUT: u64 = 1 << 20;
 /// Turns per capture batch (one transaction each).
 const BATCH: usize = 200;
 
-fn user_home() -> Result<PathBuf> {
+pub fn user_home() -> Result<PathBuf> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).ok_or_else(|| anyhow!("HOME is not set"))
 }
 
@@ -141,7 +142,7 @@ pub fn status(targets: &[Host]) -> Result<()> {
 }
 
 /// Appends one line to `run/hooks.log` (0600), if the home exists.
-fn log(home: &Home, line: &str) {
+pub fn log(home: &Home, line: &str) {
     let path = home.run_dir().join("hooks.log");
     if !home.run_dir().is_dir() {
         return;
@@ -295,20 +296,78 @@ fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
         }
         Err(e) => return Err(e.into()),
     };
-    let key = format!("transcript:{}", transcript.display());
+    let source = Source { transcript: &transcript, host, session, project };
+    let c = capture_transcript(&mut client, &source, deadline)?;
+    Ok(format!("{}: {c}", host.name()))
+}
+
+/// A transcript to capture and what its turns are filed under.
+pub struct Source<'a> {
+    /// The transcript's real path (beneath a host's directory).
+    pub transcript: &'a Path,
+    pub host: Host,
+    pub session: Option<String>,
+    pub project: Option<String>,
+}
+
+/// What one capture run of a transcript did.
+#[derive(Default, Clone, Copy)]
+pub struct Captured {
+    pub inserted: usize,
+    pub known: usize,
+    pub redactions: usize,
+    pub split: usize,
+    pub oversized: usize,
+    /// The deadline came before the end of the transcript.
+    pub unfinished: bool,
+}
+
+impl std::fmt::Display for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} new, {} already known, {} secrets redacted, {} long turns kept in parts, {} oversized lines skipped",
+            self.inserted, self.known, self.redactions, self.split, self.oversized
+        )
+    }
+}
+
+impl std::ops::AddAssign for Captured {
+    fn add_assign(&mut self, o: Captured) {
+        self.inserted += o.inserted;
+        self.known += o.known;
+        self.redactions += o.redactions;
+        self.split += o.split;
+        self.oversized += o.oversized;
+        self.unfinished |= o.unfinished;
+    }
+}
+
+/// The cursor that keeps a transcript's position (its name is sealed into a keyed id).
+pub fn cursor_key(transcript: &Path) -> String {
+    format!("transcript:{}", transcript.display())
+}
+
+/// Captures the complete turns of `source` after its saved position, moving
+/// the position with each batch, until the end or `deadline`. The one way
+/// turns are read, whether by a hook, a catch-up after unlock or a history
+/// import: the same rules, roles, dates and positions.
+pub fn capture_transcript(client: &mut Client, source: &Source<'_>, deadline: Instant) -> Result<Captured> {
+    let (transcript, host) = (source.transcript, source.host);
+    let key = cursor_key(transcript);
     let mut start: u64 = client.get_cursor(&key)?.and_then(|v| v.parse().ok()).unwrap_or(0);
     let redact = redact::enabled();
-    let (mut inserted, mut known, mut redactions, mut oversized, mut split) = (0, 0, 0, 0, 0);
+    let mut c = Captured::default();
     loop {
-        let scan = transcript::scan(&transcript, start, deadline, BATCH)?;
-        oversized += scan.oversized;
+        let scan = transcript::scan(transcript, start, deadline, BATCH)?;
+        c.oversized += scan.oversized;
         let mut items: Vec<(CaptureRequest, u64)> = Vec::new();
         let mut before_turn = start;
         for t in scan.turns {
-            let parts = clean_text(&t.text, redact, &mut redactions);
+            let parts = clean_text(&t.text, redact, &mut c.redactions);
             let n = parts.len();
             if n > 1 {
-                split += 1;
+                c.split += 1;
             }
             for (i, text) in parts.into_iter().enumerate() {
                 let provenance = match n {
@@ -318,8 +377,8 @@ fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
                 let req = CaptureRequest {
                     text,
                     role: t.role,
-                    session: session.clone(),
-                    project: project.clone(),
+                    session: source.session.clone(),
+                    project: source.project.clone(),
                     provenance: Some(provenance),
                     created_at: t.created_at.filter(|&ms| ms > 0 && ms <= now_ms()),
                     ..Default::default()
@@ -338,35 +397,31 @@ fn capture(home: &Home, input: &Value, deadline: Instant) -> Result<String> {
         // Split by bytes: each request fits the storer's frame, and each
         // carries the position just past its last turn, so a stop between
         // two requests resumes exactly there.
-        let mut out_of_time = false;
         for (chunk, end) in split_batches(items, scan.end) {
             if Instant::now() >= deadline {
                 // The last batch sent moved the position; the next run resumes there.
-                out_of_time = true;
-                break;
+                c.unfinished = true;
+                return Ok(c);
             }
             let cursor = Cursor { key: key.clone(), value: end.to_string() };
             let r = client.capture_batch(CaptureBatchRequest { items: chunk, cursor: Some(cursor) })?;
-            for c in r.results {
-                match c.status {
-                    CaptureStatus::Inserted => inserted += 1,
-                    CaptureStatus::Reinforced => known += 1,
+            for x in r.results {
+                match x.status {
+                    CaptureStatus::Inserted => c.inserted += 1,
+                    CaptureStatus::Reinforced => c.known += 1,
                 }
             }
         }
-        if out_of_time {
+        start = scan.end;
+        if !scan.stopped_early {
             break;
         }
-        start = scan.end;
-        if !scan.stopped_early || Instant::now() >= deadline {
+        if Instant::now() >= deadline {
+            c.unfinished = true;
             break;
         }
     }
-    Ok(format!(
-        "{}: {inserted} new, {known} already known, {redactions} secrets redacted, {split} long turns kept in parts, \
-         {oversized} oversized lines skipped",
-        host.name()
-    ))
+    Ok(c)
 }
 
 /// Groups captures (each with the transcript offset just past it) into

@@ -4,6 +4,7 @@
 mod audit;
 mod backup;
 mod export;
+mod history;
 mod homes;
 mod hooks;
 mod integrity;
