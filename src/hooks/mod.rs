@@ -353,11 +353,37 @@ pub fn cursor_key(transcript: &Path) -> String {
 /// turns are read, whether by a hook, a catch-up after unlock or a history
 /// import: the same rules, roles, dates and positions.
 pub fn capture_transcript(client: &mut Client, source: &Source<'_>, deadline: Instant) -> Result<Captured> {
+    let mut c = Captured::default();
+    // Another capture of the same transcript (a hook beside a catch-up) may
+    // move the position first: then nothing of this batch was stored, and
+    // reading on from the new position takes each turn once. Each conflict
+    // means the other capture moved the position on, so this ends: at the
+    // transcript's end or at the deadline.
+    loop {
+        match capture_from_position(client, source, deadline, &mut c) {
+            Err(e) if is_conflict(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1 + u64::from(std::process::id() % 7)));
+            }
+            Err(e) if is_conflict(&e) => {
+                c.unfinished = true;
+                return Ok(c);
+            }
+            other => return other.map(|()| c),
+        }
+    }
+}
+
+fn is_conflict(e: &anyhow::Error) -> bool {
+    matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Refused(b)) if b.code == iai_storer::proto::ErrorCode::Conflict)
+}
+
+fn capture_from_position(client: &mut Client, source: &Source<'_>, deadline: Instant, c: &mut Captured) -> Result<()> {
     let (transcript, host) = (source.transcript, source.host);
     let key = cursor_key(transcript);
-    let mut start: u64 = client.get_cursor(&key)?.and_then(|v| v.parse().ok()).unwrap_or(0);
+    // The stored value as it is: a batch moves the position only from it.
+    let mut stored = client.get_cursor(&key)?.unwrap_or_default();
+    let mut start: u64 = stored.parse().unwrap_or(0);
     let redact = redact::enabled();
-    let mut c = Captured::default();
     loop {
         let scan = transcript::scan(transcript, start, deadline, BATCH)?;
         c.oversized += scan.oversized;
@@ -401,10 +427,11 @@ pub fn capture_transcript(client: &mut Client, source: &Source<'_>, deadline: In
             if Instant::now() >= deadline {
                 // The last batch sent moved the position; the next run resumes there.
                 c.unfinished = true;
-                return Ok(c);
+                return Ok(());
             }
-            let cursor = Cursor { key: key.clone(), value: end.to_string() };
+            let cursor = Cursor { key: key.clone(), value: end.to_string(), from: Some(stored.clone()) };
             let r = client.capture_batch(CaptureBatchRequest { items: chunk, cursor: Some(cursor) })?;
+            stored = end.to_string();
             for x in r.results {
                 match x.status {
                     CaptureStatus::Inserted => c.inserted += 1,
@@ -421,7 +448,7 @@ pub fn capture_transcript(client: &mut Client, source: &Source<'_>, deadline: In
             break;
         }
     }
-    Ok(c)
+    Ok(())
 }
 
 /// Groups captures (each with the transcript offset just past it) into

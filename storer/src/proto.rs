@@ -383,6 +383,11 @@ pub struct CaptureBatchRequest {
 pub struct Cursor {
     pub key: String,
     pub value: String,
+    /// Move the cursor only from this value (`""`: it must not exist yet);
+    /// else the whole batch is refused with `conflict`. Two captures of the
+    /// same transcript at once then never store a turn twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// A new fact that supersedes memory `id`.
@@ -660,6 +665,8 @@ pub enum ErrorCode {
     /// The disk holding the store is full: nothing was written.
     DiskFull,
     Storage,
+    /// A cursor was not at the value the request expected: nothing was written.
+    Conflict,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]

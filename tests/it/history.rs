@@ -309,3 +309,48 @@ fn history_import_counts_exactly_refuses_outside_links_and_hooks_carry_on() {
     let out = env.run(&["history", "import"]);
     assert!(!out.status.success() && stderr(&out).contains("locked"), "{}", stderr(&out));
 }
+
+/// Captures of one transcript running at once (hooks beside an import or a
+/// catch-up) take each turn exactly once: a batch moves the position only
+/// from where it found it, and the loser reads on from the new position.
+#[test]
+fn captures_of_one_transcript_at_the_same_time_take_each_turn_once() {
+    let env = Env::new();
+    let path = env.claude("busy");
+    std::fs::write(&path, claude_lines("busy", "concurrentturn", 3000)).expect("write");
+    let input = json!({"session_id": "busy", "transcript_path": path, "cwd": "/work/app", "hook_event_name": "Stop"});
+    let mut children = Vec::new();
+    for i in 0..8 {
+        let mut cmd = if i % 2 == 0 { env.h.cmd(&["history", "import"]) } else { env.h.cmd(&["hook", "capture"]) };
+        let mut child = cmd
+            .env("HOME", env.user.path())
+            .env_remove("CLAUDE_PROJECT_DIR")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let _ = child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes());
+        children.push(child);
+    }
+    for c in children {
+        let out = c.wait_with_output().expect("wait");
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // Whatever a hook left for later (its deadline) is taken by one more run.
+    assert_ok(&env.run(&["history", "import"]), "import");
+    let mut c = env.h.client();
+    let mut all = Vec::new();
+    let mut after = None;
+    loop {
+        let page = c.export(ExportRequest { after, limit: None }).expect("export");
+        all.extend(page.records);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), 3000, "each turn stored once");
+    let twice: Vec<&str> = all.iter().filter(|r| r.reinforced > 0).map(|r| r.text.as_str()).take(5).collect();
+    assert!(twice.is_empty(), "turns captured twice (reinforced as duplicates): {twice:?}");
+}

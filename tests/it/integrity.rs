@@ -88,7 +88,7 @@ fn base() -> &'static Base {
         let res = cl
             .capture_batch(CaptureBatchRequest {
                 items: vec![item(E), item(E), item(A)],
-                cursor: Some(Cursor { key: "transcript".into(), value: "42".into() }),
+                cursor: Some(Cursor { key: "transcript".into(), value: "42".into(), from: None }),
             })
             .expect("batch");
         let e = res.results[0].id.clone();

@@ -91,7 +91,7 @@ fn rotate_reseals_everything_keeps_every_fact_and_destroys_the_old_key() {
     c.forget(&ids[7]).expect("forget");
     c.capture_batch(CaptureBatchRequest {
         items: vec![CaptureRequest { text: "rotation canary from a transcript".into(), ..Default::default() }],
-        cursor: Some(Cursor { key: "transcript:/tmp/x.jsonl".into(), value: "4242".into() }),
+        cursor: Some(Cursor { key: "transcript:/tmp/x.jsonl".into(), value: "4242".into(), from: None }),
     })
     .expect("batch with cursor");
     let before = all_records(&mut c);

@@ -111,12 +111,17 @@ pub(super) fn capture(st: &mut State, c: CaptureRequest) -> Result<CaptureResult
 pub(super) fn get_cursor(st: &mut State, key: &str) -> Result<CursorValue, ErrorBody> {
     check_len("cursor key", key, proto::MAX_CURSOR_KEY)?;
     let id = cursor_id(st, key)?;
-    let Some(blob) = st.db.cursor(&id).map_err(storage)? else { return Ok(CursorValue { value: None }) };
+    Ok(CursorValue { value: read_cursor(st, id)? })
+}
+
+/// A cursor's value by its keyed id (none if it was never set).
+fn read_cursor(st: &mut State, id: [u8; 16]) -> Result<Option<String>, ErrorBody> {
+    let Some(blob) = st.db.cursor(&id).map_err(storage)? else { return Ok(None) };
     let plain =
         st.kh.unseal(vec![UnsealItem { field: Field::MetaValue, row: RowId(id), blob }]).map_err(keyholder_error)?;
     let value = plain.into_iter().next().and_then(|p| p.ok()).and_then(|p| String::from_utf8(p).ok());
     match value {
-        Some(v) => Ok(CursorValue { value: Some(v) }),
+        Some(v) => Ok(Some(v)),
         None => Err(internal("a stored cursor does not authenticate")),
     }
 }
@@ -152,6 +157,21 @@ pub(super) fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<Ca
         Some(c) => Some(cursor_id(st, &c.key)?),
         None => None,
     };
+    if let (Some(c), Some(id)) = (&b.cursor, cursor_row) {
+        if let Some(from) = &c.from {
+            let now = read_cursor(st, id)?.unwrap_or_default();
+            if now != *from {
+                return Err(ErrorBody::new(
+                    ErrorCode::Conflict,
+                    format!(
+                        "the position {:?} is at {now:?}, not {from:?}: another capture of it ran meanwhile; \
+                         nothing was stored",
+                        c.key
+                    ),
+                ));
+            }
+        }
+    }
 
     // Decide per item: reinforce an existing record (or an earlier item), or
     // insert; and count what each touched record ends up with.
