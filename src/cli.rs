@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
+use iai_keyholder::keyfile::SlotKind;
 use iai_keyholder::startup::{self, Startup};
 use iai_keyholder::{KdfParams, KeyFile, KeyFileError, Passphrase};
 use iai_policy::Home;
@@ -57,6 +58,30 @@ enum HistoryAction {
 }
 
 #[derive(Subcommand)]
+enum ServiceAction {
+    /// Write a hardened systemd user unit that unlocks the store at login from the keyring (needs `keyring enable`).
+    Install,
+    /// Remove exactly the unit `install` wrote (never a changed one, never your drop-ins).
+    Uninstall,
+    /// Say whether the unit is installed and what systemd says of it.
+    Status,
+}
+
+#[derive(Subcommand)]
+enum KeyringAction {
+    /// Keep a random secret (never your passphrase) in your login keyring that unlocks the store.
+    Enable {
+        /// Read the passphrase from this open file descriptor (first line).
+        #[arg(long, value_name = "N")]
+        passphrase_fd: Option<i32>,
+    },
+    /// Remove the keyring's key slot, then its secret from the keyring.
+    Disable,
+    /// Say whether unlocking from the keyring is enabled.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum RecoveryAction {
     /// Make a new recovery code (replacing any earlier one) and show it once.
     Add {
@@ -88,8 +113,15 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         passphrase_fd: Option<i32>,
         /// Unlock with the recovery code instead of the passphrase.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "keyring")]
         recovery_code: bool,
+        /// Unlock with the secret in your login keyring (`iai-mcp keyring enable`), no passphrase asked.
+        #[arg(long)]
+        keyring: bool,
+        /// Stay in the foreground until the store is locked or stops (for a service manager: exits 0 after
+        /// `lock`, non-zero if the daemon pair failed).
+        #[arg(long)]
+        foreground: bool,
         /// Run even if the kernel cannot enforce the sandbox (Landlock, seccomp). Not recommended.
         #[arg(long)]
         allow_degraded_sandbox: bool,
@@ -159,6 +191,16 @@ enum Cmd {
         /// Read the export's passphrase from this open file descriptor; else $IAI_MCP_EXPORT_PASSPHRASE, else a prompt.
         #[arg(long, value_name = "N")]
         passphrase_fd: Option<i32>,
+    },
+    /// Unlock at login, opt-in: a secret in your login keyring (Secret Service) that unlocks the store.
+    Keyring {
+        #[command(subcommand)]
+        action: KeyringAction,
+    },
+    /// A systemd user service that unlocks at login from the keyring and keeps the store running.
+    Service {
+        #[command(subcommand)]
+        action: ServiceAction,
     },
     /// A recovery code: a random code, shown once, that unlocks like the passphrase if you forget it.
     RecoveryCode {
@@ -364,9 +406,27 @@ fn run(cmd: Cmd) -> Result<()> {
             holds_secrets()?;
             init(&home, passphrase_fd)
         }
-        Cmd::Unlock { passphrase_fd, recovery_code, allow_degraded_sandbox } => {
+        Cmd::Unlock { passphrase_fd, recovery_code, keyring, foreground, allow_degraded_sandbox } => {
             holds_secrets()?;
-            unlock(&home, passphrase_fd, recovery_code, allow_degraded_sandbox)
+            let secret = match (recovery_code, keyring) {
+                (true, _) => SlotKind::RecoveryCode,
+                (_, true) => SlotKind::Keyring,
+                _ => SlotKind::Passphrase,
+            };
+            unlock(&home, passphrase_fd, secret, allow_degraded_sandbox, foreground)
+        }
+        Cmd::Service { action } => match action {
+            ServiceAction::Install => crate::service::install(&home),
+            ServiceAction::Uninstall => crate::service::uninstall(),
+            ServiceAction::Status => crate::service::status(&home),
+        },
+        Cmd::Keyring { action } => {
+            holds_secrets()?;
+            match action {
+                KeyringAction::Enable { passphrase_fd } => crate::keyring::enable(&home, passphrase_fd),
+                KeyringAction::Disable => crate::keyring::disable(&home),
+                KeyringAction::Status => crate::keyring::status(&home),
+            }
         }
         Cmd::Lock => lock(&home),
         Cmd::Passwd { recovery_code, passphrase_fd, new_passphrase_fd } => {
@@ -725,7 +785,13 @@ fn init(home: &Home, passphrase_fd: Option<i32>) -> Result<()> {
 /// Longest time `unlock` waits for the daemon pair (Argon2 plus loading a large store).
 const UNLOCK_TIMEOUT: Duration = Duration::from_secs(300);
 
-fn unlock(home: &Home, passphrase_fd: Option<i32>, recovery_code: bool, allow_degraded: bool) -> Result<()> {
+fn unlock(
+    home: &Home,
+    passphrase_fd: Option<i32>,
+    secret: SlotKind,
+    allow_degraded: bool,
+    foreground: bool,
+) -> Result<()> {
     if std::fs::symlink_metadata(home.key()).is_err() {
         bail!("{} is not initialised: run `iai-mcp init` first", home.root().display());
     }
@@ -738,6 +804,12 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, recovery_code: bool, allow_de
     if let Ok(mut c) = Client::connect(home) {
         if let Ok(s) = c.set_timeout(ANSWER_WITHIN).and_then(|()| c.stats()) {
             println!("iai-mcp is already unlocked (storer pid {}, {} memories)", s.storer_pid, s.records);
+            if foreground {
+                // Not our child: stay until it is gone.
+                while procs::alive(s.storer_pid) {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
             return Ok(());
         }
     }
@@ -747,17 +819,43 @@ fn unlock(home: &Home, passphrase_fd: Option<i32>, recovery_code: bool, allow_de
             r.storer
         );
     }
-    let pass = if recovery_code {
-        passphrase::obtain_recovery_code(passphrase_fd)?
-    } else {
-        passphrase::obtain(passphrase_fd, false)?
+    let pass = match secret {
+        SlotKind::RecoveryCode => passphrase::obtain_recovery_code(passphrase_fd)?,
+        SlotKind::Keyring => crate::keyring::fetch(home).map_err(|e| anyhow!("{e:#}; the store stays locked"))?,
+        _ => passphrase::obtain(passphrase_fd, false)?,
     };
-    start_pair(home, pass, recovery_code, allow_degraded)
+    let keyholder = start_pair(home, pass, secret, allow_degraded)?;
+    if !foreground {
+        return Ok(());
+    }
+    let Some(mut keyholder) = keyholder else {
+        // Another unlock won the race: stay while its pair runs.
+        while procs::running(home).is_some() {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        return Ok(());
+    };
+    let status = keyholder.wait().context("cannot wait for the keyholder")?;
+    if status.success() {
+        println!("the store was locked; exiting");
+        return Ok(());
+    }
+    bail!(
+        "the daemon pair stopped by itself ({}); see {}",
+        unexpected_end(home).unwrap_or_else(|| format!("keyholder {status}")),
+        home.log_file().display()
+    )
 }
 
 /// Starts the keyholder (which starts the storer) with `pass`; returns once
-/// the storer serves.
-pub(crate) fn start_pair(home: &Home, pass: Passphrase, recovery_code: bool, allow_degraded: bool) -> Result<()> {
+/// the storer serves, with the keyholder (the caller may wait for it; none
+/// when another unlock started the pair first).
+pub(crate) fn start_pair(
+    home: &Home,
+    pass: Passphrase,
+    secret: SlotKind,
+    allow_degraded: bool,
+) -> Result<Option<std::process::Child>> {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -767,8 +865,14 @@ pub(crate) fn start_pair(home: &Home, pass: Passphrase, recovery_code: bool, all
         .with_context(|| format!("cannot open the daemon log {}", home.log_file().display()))?;
     let mut cmd = Command::new("/proc/self/exe");
     cmd.arg("__keyholder").arg("--home").arg(home.root());
-    if recovery_code {
-        cmd.arg("--recovery-code");
+    match secret {
+        SlotKind::RecoveryCode => {
+            cmd.arg("--recovery-code");
+        }
+        SlotKind::Keyring => {
+            cmd.arg("--keyring");
+        }
+        _ => {}
     }
     if allow_degraded {
         cmd.arg("--allow-degraded-sandbox");
@@ -804,7 +908,7 @@ pub(crate) fn start_pair(home: &Home, pass: Passphrase, recovery_code: bool, all
                 eprintln!("iai-mcp: WARNING: sandbox degraded: {d}");
             }
             start_catch_up(home);
-            Ok(())
+            Ok(Some(child))
         }
         Some(Startup::Failed { stage, message }) => {
             let _ = child.wait();
@@ -812,7 +916,7 @@ pub(crate) fn start_pair(home: &Home, pass: Passphrase, recovery_code: bool, all
                 "passphrase" => bail!("{message}; the store stays locked"),
                 "busy" if procs::running(home).is_some() => {
                     println!("{message}");
-                    Ok(())
+                    Ok(None)
                 }
                 "busy" => {
                     let holder = iai_policy::home_check::flock_holder(&home.pid_file())

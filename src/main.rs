@@ -7,10 +7,12 @@ mod backup;
 mod cli;
 mod export;
 mod hooks;
+mod keyring;
 mod keys;
 mod passphrase;
 mod roles;
 mod rotate;
+mod service;
 mod sys;
 
 use std::process::ExitCode;

@@ -8,14 +8,15 @@ use iai_keyholder::keyfile::SlotKind;
 use iai_policy::{Home, Options};
 
 /// The role arguments: `--home PATH [--keyholder-fd N] [--connector-fd N] [--allow-degraded-sandbox]
-/// [--recovery-code]`.
+/// [--recovery-code | --keyring]`.
 struct RoleArgs {
     home: Home,
     keyholder_fd: Option<i32>,
     connector_fd: Option<i32>,
     opts: Options,
-    /// The keyholder's secret is the recovery code, not the passphrase.
-    recovery_code: bool,
+    /// Which secret the keyholder reads on stdin: the passphrase, the
+    /// recovery code or the keyring's secret.
+    secret: SlotKind,
 }
 
 fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
@@ -23,7 +24,7 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
     let mut keyholder_fd = None;
     let mut connector_fd = None;
     let mut opts = Options::default();
-    let mut recovery_code = false;
+    let mut secret = SlotKind::Passphrase;
     let mut args = args;
     while let Some(a) = args.next() {
         match a.to_str() {
@@ -41,12 +42,13 @@ fn parse(args: impl Iterator<Item = OsString>) -> Result<RoleArgs, String> {
                 }
             }
             Some("--allow-degraded-sandbox") => opts.allow_degraded = true,
-            Some("--recovery-code") => recovery_code = true,
+            Some("--recovery-code") => secret = SlotKind::RecoveryCode,
+            Some("--keyring") => secret = SlotKind::Keyring,
             _ => return Err(format!("unexpected role argument {a:?}")),
         }
     }
     let home = Home::new(home.ok_or("--home is required")?).map_err(|e| e.to_string())?;
-    Ok(RoleArgs { home, keyholder_fd, connector_fd, opts, recovery_code })
+    Ok(RoleArgs { home, keyholder_fd, connector_fd, opts, secret })
 }
 
 /// Runs a daemon role if argv[1] names one; returns its exit code.
@@ -54,10 +56,7 @@ pub fn dispatch() -> Option<u8> {
     let mut args = std::env::args_os();
     let role = args.nth(1)?;
     let run: fn(RoleArgs) -> i32 = match role.to_str()? {
-        "__keyholder" => |a| {
-            let secret = if a.recovery_code { SlotKind::RecoveryCode } else { SlotKind::Passphrase };
-            iai_keyholder::daemon::run(a.home, a.opts, secret)
-        },
+        "__keyholder" => |a| iai_keyholder::daemon::run(a.home, a.opts, a.secret),
         "__storer" => |a| match a.keyholder_fd {
             Some(fd) => iai_storer::daemon::run(a.home, fd, a.opts),
             None => {

@@ -65,12 +65,19 @@ pub fn rotate(home: &Home, opts: &Options) -> Result<()> {
                 other => anyhow!("{other}; nothing was changed"),
             })?;
             let code = recovery_code(&change.file, &dek, opts)?;
+            let ring = crate::keyring::secret_for_rotation(&change.file, &dek);
+            let keep: Vec<(SlotKind, &Passphrase)> = code
+                .iter()
+                .map(|c| (SlotKind::RecoveryCode, c))
+                .chain(ring.iter().map(|r| (SlotKind::Keyring, r)))
+                .collect();
             let params = crate::keys::passphrase_params(&change.file);
             let (new, new_dek) = change
                 .file
-                .rotated(&dek, &p, params, code.as_ref())
+                .rotated(&dek, &p, params, &keep)
                 .map_err(|e| anyhow!("cannot make the new key: {e}; nothing was changed"))?;
-            drop((dek, code));
+            drop(keep);
+            drop((dek, code, ring));
             let id = new.key_id();
             change.commit(&new, Some((SlotKind::Passphrase, &p, &new_dek)))?;
             drop(new_dek);
@@ -95,7 +102,7 @@ pub fn rotate(home: &Home, opts: &Options) -> Result<()> {
             Some(p) => p,
             None => passphrase::obtain(opts.passphrase_fd, false)?,
         };
-        crate::cli::start_pair(home, p, false, opts.allow_degraded)?;
+        crate::cli::start_pair(home, p, SlotKind::Passphrase, opts.allow_degraded)?;
     }
     drop(pass);
 

@@ -243,7 +243,17 @@ pub fn key_header_checks(bytes: Option<&[u8]>, key: &Path) -> Vec<Check> {
                     "run `iai-mcp rotate`: it carries on where it stopped, then destroys the old key",
                 ),
             };
-            vec![header, kdf, rotation]
+            let keyring = match kf.slot(iai_keyholder::keyfile::SlotKind::Keyring) {
+                None => Check::pass("key.keyring", "unlocking from the login keyring is not enabled"),
+                Some(_) => Check::warn(
+                    "key.keyring",
+                    "unlocking from the login keyring is enabled: any program running as you that can reach your \
+                     unlocked keyring (Secret Service) can unlock the store, as it can read the keyring's other \
+                     secrets",
+                    "keep it if that is the trade you want (no passphrase at login); `iai-mcp keyring disable` ends it",
+                ),
+            };
+            vec![header, kdf, rotation, keyring]
         }
     }
 }

@@ -13,8 +13,9 @@
 //! ```
 //!
 //! Slot kinds:
-//! - 1 passphrase, 2 recovery code: the data key, wrapped under a key derived
-//!   from the secret with Argon2id (kdf 1, its parameters and salt).
+//! - 1 passphrase, 2 recovery code, 5 keyring secret: the data key, wrapped
+//!   under a key derived from the secret with Argon2id (kdf 1, its parameters
+//!   and salt).
 //! - 3 previous data key: only while `iai-mcp rotate` runs. The data key the
 //!   store had before, wrapped under a key derived (HKDF-SHA256) from this
 //!   file's data key; kdf 0, parameters 0, salt = that key's id and 16 zero
@@ -185,6 +186,8 @@ pub enum SlotKind {
     PreviousKey = 3,
     /// The key of the keyed tags, once the data key has been rotated.
     TagKey = 4,
+    /// A random secret kept in the user's login keyring (`iai-mcp keyring enable`).
+    Keyring = 5,
 }
 
 impl SlotKind {
@@ -194,6 +197,7 @@ impl SlotKind {
             2 => Some(SlotKind::RecoveryCode),
             3 => Some(SlotKind::PreviousKey),
             4 => Some(SlotKind::TagKey),
+            5 => Some(SlotKind::Keyring),
             _ => None,
         }
     }
@@ -203,11 +207,12 @@ impl SlotKind {
             SlotKind::RecoveryCode => "recovery code",
             SlotKind::PreviousKey => "previous data key",
             SlotKind::TagKey => "tag key",
+            SlotKind::Keyring => "keyring secret",
         }
     }
     /// Opened by a person's secret (Argon2id); the others by the data key.
     pub fn is_secret(self) -> bool {
-        matches!(self, SlotKind::Passphrase | SlotKind::RecoveryCode)
+        matches!(self, SlotKind::Passphrase | SlotKind::RecoveryCode | SlotKind::Keyring)
     }
     fn kdf(self) -> u8 {
         if self.is_secret() {
@@ -530,15 +535,16 @@ impl KeyFile {
     }
 
     /// The first step of a rotation: a new data key and key id behind the
-    /// same secrets (`pass`, and `recovery` if the recovery slot is to be
-    /// kept), with the old key in a previous-key slot and the tag key carried
-    /// over. `dek` is this file's data key.
+    /// same secrets (`pass`, and those of `keep`: the other secret slots to
+    /// keep, each with its secret; the rest are dropped), with the old key in
+    /// a previous-key slot and the tag key carried over. `dek` is this
+    /// file's data key.
     pub fn rotated(
         &self,
         dek: &Dek,
         pass: &Passphrase,
         pass_params: KdfParams,
-        recovery: Option<&Passphrase>,
+        keep: &[(SlotKind, &Passphrase)],
     ) -> Result<(KeyFile, Dek), KeyFileError> {
         if self.slot(SlotKind::PreviousKey).is_some() {
             return Err(KeyFileError::RotationPending);
@@ -547,8 +553,10 @@ impl KeyFile {
         let new_dek = Dek::random()?;
         let key_id = KeyId(random()?);
         let mut slots = vec![Slot::wrap(SlotKind::Passphrase, pass, pass_params, random()?, &key_id, &new_dek)?];
-        if let (Some(code), Some(old)) = (recovery, self.slot(SlotKind::RecoveryCode)) {
-            slots.push(Slot::wrap(SlotKind::RecoveryCode, code, old.params, random()?, &key_id, &new_dek)?);
+        for &(kind, secret) in keep {
+            if let Some(old) = self.slot(kind).filter(|s| s.kind.is_secret() && s.kind != SlotKind::Passphrase) {
+                slots.push(Slot::wrap(kind, secret, old.params, random()?, &key_id, &new_dek)?);
+            }
         }
         let file = KeyFile { version: VERSION, key_id, slots }.with_rotation_slots(
             &new_dek,
@@ -798,7 +806,9 @@ mod tests {
         let first_tag = kf.tag_key(&dek).expect("tag").expose().to_vec();
         assert_eq!(first_tag, TagKey::derive(&dek, &kf.key_id()).expose().to_vec());
 
-        let (rot, new_dek) = kf.rotated(&dek, &pass("correct horse"), fast(), Some(&pass("RECOVERY"))).expect("rotate");
+        let (rot, new_dek) = kf
+            .rotated(&dek, &pass("correct horse"), fast(), &[(SlotKind::RecoveryCode, &pass("RECOVERY"))])
+            .expect("rotate");
         let rot = KeyFile::parse(&rot.to_bytes()).expect("parse");
         assert_ne!(rot.key_id(), kf.key_id());
         assert_ne!(new_dek.expose(), dek.expose());
@@ -815,7 +825,7 @@ mod tests {
         // The wrong data key does not open the inner slots.
         assert!(matches!(rot.previous(&dek), Err(KeyFileError::BadInnerSlot("previous data key"))));
         assert!(matches!(
-            rot.rotated(&new_dek, &pass("correct horse"), fast(), None),
+            rot.rotated(&new_dek, &pass("correct horse"), fast(), &[]),
             Err(KeyFileError::RotationPending)
         ));
         // A passphrase change in between keeps both inner slots byte for byte.
@@ -827,7 +837,7 @@ mod tests {
         assert!(done.without_slot(SlotKind::TagKey).is_err(), "the tag key stays");
         // A second rotation, without the recovery code: its slot is dropped,
         // and the tag key still is the first one.
-        let (again, third) = done.rotated(&new_dek, &pass("correct horse"), fast(), None).expect("again");
+        let (again, third) = done.rotated(&new_dek, &pass("correct horse"), fast(), &[]).expect("again");
         assert!(again.slot(SlotKind::RecoveryCode).is_none());
         assert_eq!(again.tag_key(&third).expect("tag").expose().to_vec(), first_tag);
     }
@@ -835,7 +845,7 @@ mod tests {
     #[test]
     fn hostile_inner_slots_are_refused() {
         let (kf, dek) = KeyFile::create(&pass("correct horse"), fast()).expect("create");
-        let (rot, _) = kf.rotated(&dek, &pass("correct horse"), fast(), None).expect("rotate");
+        let (rot, _) = kf.rotated(&dek, &pass("correct horse"), fast(), &[]).expect("rotate");
         let bytes = rot.to_bytes();
         let slot_at =
             |kind: SlotKind| V2_HEADER_LEN + SLOT_LEN * rot.slots().iter().position(|s| s.kind == kind).expect("slot");

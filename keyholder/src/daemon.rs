@@ -38,12 +38,18 @@ pub fn run(home: Home, opts: Options, secret: SlotKind) -> i32 {
             let code = serve(stream, sealer, degraded);
             // Why the store stopped serving goes to the log, where `status`
             // finds it: a storer killed by a signal must not look like a lock.
-            let ended = match storer.wait() {
-                Ok(status) => describe_exit(status),
-                Err(e) => format!("could not be waited for ({e})"),
+            let (ended, clean) = match storer.wait() {
+                Ok(status) => (describe_exit(status), status.success()),
+                Err(e) => (format!("could not be waited for ({e})"), false),
             };
             iai_policy::log!("{SESSION_ENDED}{ended}");
-            code
+            // A storer that did not end by `lock` is a failure of the pair
+            // (what a service manager restarts on).
+            if code == 0 && !clean {
+                4
+            } else {
+                code
+            }
         }
         Err(f) => {
             let mut out = std::io::stdout();
@@ -90,6 +96,9 @@ fn start(home: &Home, opts: Options, secret: SlotKind) -> Result<(UnixStream, Ke
         }
         KeyFileError::NoSuchSlot(_) if secret == SlotKind::RecoveryCode => {
             fail("passphrase", "this store has no recovery code (`iai-mcp recovery-code add` makes one)")
+        }
+        KeyFileError::NoSuchSlot(_) if secret == SlotKind::Keyring => {
+            fail("passphrase", "unlocking from the keyring is not enabled (`iai-mcp keyring enable` enables it)")
         }
         other => fail("key", other.to_string()),
     })?;

@@ -9,6 +9,7 @@ mod homes;
 mod hooks;
 mod integrity;
 mod keyfile;
+mod keyring;
 mod keys;
 mod lifecycle;
 mod mcp;
