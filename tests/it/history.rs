@@ -7,10 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use iai_storer::proto::ExportRequest;
 use serde_json::{json, Value};
 
-use crate::support::{assert_ok, stderr, stdout, TestHome, PASS};
+use crate::support::{all_records, assert_ok, stderr, stdout, TestHome, PASS};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/transcripts");
 
@@ -45,17 +44,22 @@ impl Env {
     }
 
     fn hook(&self, h: &TestHome, input: &Value) -> Output {
+        self.spawn(h, &["hook", "capture"], input).wait_with_output().expect("hook")
+    }
+
+    /// `args` against store `h`, as this user, with `input` on stdin.
+    fn spawn(&self, h: &TestHome, args: &[&str], input: &Value) -> std::process::Child {
         let mut child = h
-            .cmd(&["hook", "capture"])
+            .cmd(args)
             .env("HOME", self.user.path())
             .env_remove("CLAUDE_PROJECT_DIR")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawn hook");
+            .expect("spawn");
         let _ = child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes());
-        child.wait_with_output().expect("hook")
+        child
     }
 
     fn claude(&self, name: &str) -> PathBuf {
@@ -75,19 +79,10 @@ impl Env {
 type Facts = (String, String, Option<String>, Option<String>, Option<String>, i64);
 
 fn facts(h: &TestHome) -> Vec<Facts> {
-    let mut c = h.client();
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = c.export(ExportRequest { after, limit: None }).expect("export");
-        for r in page.records {
-            out.push((r.text, r.role.name().to_string(), r.session, r.project, r.provenance, r.created_at));
-        }
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-    }
+    let mut out: Vec<Facts> = all_records(&mut h.client())
+        .into_iter()
+        .map(|r| (r.text, r.role.name().to_string(), r.session, r.project, r.provenance, r.created_at))
+        .collect();
     out.sort();
     out
 }
@@ -321,17 +316,8 @@ fn captures_of_one_transcript_at_the_same_time_take_each_turn_once() {
     let input = json!({"session_id": "busy", "transcript_path": path, "cwd": "/work/app", "hook_event_name": "Stop"});
     let mut children = Vec::new();
     for i in 0..8 {
-        let mut cmd = if i % 2 == 0 { env.h.cmd(&["history", "import"]) } else { env.h.cmd(&["hook", "capture"]) };
-        let mut child = cmd
-            .env("HOME", env.user.path())
-            .env_remove("CLAUDE_PROJECT_DIR")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        let _ = child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes());
-        children.push(child);
+        let args: &[&str] = if i % 2 == 0 { &["history", "import"] } else { &["hook", "capture"] };
+        children.push(env.spawn(&env.h, args, &input));
     }
     for c in children {
         let out = c.wait_with_output().expect("wait");
@@ -339,17 +325,7 @@ fn captures_of_one_transcript_at_the_same_time_take_each_turn_once() {
     }
     // Whatever a hook left for later (its deadline) is taken by one more run.
     assert_ok(&env.run(&["history", "import"]), "import");
-    let mut c = env.h.client();
-    let mut all = Vec::new();
-    let mut after = None;
-    loop {
-        let page = c.export(ExportRequest { after, limit: None }).expect("export");
-        all.extend(page.records);
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-    }
+    let all = all_records(&mut env.h.client());
     assert_eq!(all.len(), 3000, "each turn stored once");
     let twice: Vec<&str> = all.iter().filter(|r| r.reinforced > 0).map(|r| r.text.as_str()).take(5).collect();
     assert!(twice.is_empty(), "turns captured twice (reinforced as duplicates): {twice:?}");

@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 
 use iai_keyholder::keyfile::SlotKind;
 use iai_keyholder::{KeyFile, KeyId, Passphrase};
-use iai_storer::client::Client;
 use iai_storer::proto::{
-    CaptureBatchRequest, CaptureRequest, CaptureStatus, ContradictRequest, Cursor, EventsRequest, ExportRequest,
-    MemoryRecord, Role, Tier,
+    CaptureBatchRequest, CaptureRequest, CaptureStatus, ContradictRequest, Cursor, EventsRequest, MemoryRecord, Role,
+    Tier,
 };
 
-use crate::support::{assert_ok, kill9, procs_of, stderr, stdout, Rng, TestHome, PASS};
+use crate::support::{all_records, assert_ok, kill9, procs_of, stderr, stdout, Rng, TestHome, PASS};
 
 fn rotate_cmd(h: &TestHome, extra: &[&str]) -> std::process::Command {
     let mut args = vec!["rotate"];
@@ -29,22 +28,6 @@ fn rotate(h: &TestHome, extra: &[&str]) -> Output {
 
 fn key_file(h: &TestHome) -> KeyFile {
     KeyFile::parse(&std::fs::read(h.root.join(".key")).expect("read .key")).expect(".key parses")
-}
-
-/// Every live memory, with everything the store knows about it, by id.
-fn all_records(c: &mut Client) -> Vec<MemoryRecord> {
-    let mut out = Vec::new();
-    let mut after = None;
-    loop {
-        let page = c.export(ExportRequest { after, limit: None }).expect("export page");
-        out.extend(page.records);
-        match page.next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-    }
-    out.sort_by(|a, b| a.id.cmp(&b.id));
-    out
 }
 
 /// How many times `needle` occurs in every file under the home.

@@ -287,6 +287,23 @@ pub fn assert_all_recalled(h: &TestHome, acked: &[(String, String)]) {
     }
 }
 
+/// Every live memory with everything the store knows about it, by id
+/// (`export` page by page).
+pub fn all_records(c: &mut Client) -> Vec<iai_storer::proto::MemoryRecord> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = c.export(iai_storer::proto::ExportRequest { after, limit: None }).expect("export page");
+        out.extend(page.records);
+        match page.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
+    out
+}
+
 /// Pids of processes running a role for this home.
 pub fn procs_of(h: &TestHome) -> Vec<u32> {
     let root = h.root.display().to_string();
