@@ -37,7 +37,15 @@ fn main() {
     let json = args.iter().any(|a| a == "--json");
     match args.first().map(String::as_str) {
         Some("seal") => seal(flag("--iters", 20_000), json),
-        Some("store") => store(flag("--records", 10_000), flag("--queries", 1_000), json),
+        Some("store") => {
+            let corpus = match args.iter().position(|a| a == "--corpus").and_then(|i| args.get(i + 1)) {
+                None => Corpus::Synthetic,
+                Some(c) if c == "synthetic" => Corpus::Synthetic,
+                Some(c) if c == "realistic" => Corpus::realistic(),
+                Some(c) => die(&format!("--corpus {c}: use synthetic or realistic")),
+            };
+            store(flag("--records", 10_000), flag("--queries", 1_000), &corpus, json)
+        }
         Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("hooks") => hooks(flag("--records", 10_000), flag("--runs", 200), json),
         Some("forget") => forget(flag("--records", 10_000), flag("--forgets", 50), json),
@@ -348,16 +356,143 @@ fn forget(records: usize, forgets: usize, json: bool) {
     println!("forget / capture (p50)       {:>10.1}x", e.p50 / c.p50);
 }
 
-fn store(records: usize, queries: usize, json: bool) {
+/// The texts a store benchmark captures and the cues it recalls with.
+enum Corpus {
+    /// The 60-word vocabulary: small, and kind to memory.
+    Synthetic,
+    /// Zipf-distributed words from a real dictionary, with identifiers.
+    Realistic(Realistic),
+}
+
+/// Words of a dictionary a Debian package ships (`wamerican`:
+/// /usr/share/dict/words), drawn by a Zipf law (s = 1.07, as word counts of
+/// English text follow), in turns of realistic lengths; one turn in five
+/// carries identifiers as transcripts do (paths, hashes, UUIDs, code, URLs),
+/// about 3 % of all tokens.
+struct Realistic {
+    words: Vec<String>,
+    /// Cumulative Zipf weights, for drawing a rank by binary search.
+    cdf: Vec<f64>,
+}
+
+const DICTIONARY: &str = "/usr/share/dict/words";
+
+impl Corpus {
+    fn realistic() -> Corpus {
+        let text = std::fs::read_to_string(DICTIONARY).unwrap_or_else(|e| {
+            die(&format!("{DICTIONARY}: {e} (install the Debian package wamerican; .ci/run does)"))
+        });
+        let mut words: Vec<String> = text
+            .lines()
+            .filter(|w| w.len() > 1 && w.bytes().all(|b| b.is_ascii_lowercase()))
+            .map(str::to_string)
+            .collect();
+        words.sort();
+        words.dedup();
+        // A fixed shuffle: rank is not alphabetical order.
+        let mut rng = Rng(7);
+        for i in (1..words.len()).rev() {
+            words.swap(i, rng.below(i + 1));
+        }
+        let mut cdf = Vec::with_capacity(words.len());
+        let mut total = 0.0;
+        for rank in 1..=words.len() {
+            total += 1.0 / (rank as f64).powf(1.07);
+            cdf.push(total);
+        }
+        Corpus::Realistic(Realistic { words, cdf })
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Corpus::Synthetic => "synthetic",
+            Corpus::Realistic(_) => "realistic",
+        }
+    }
+
+    fn text(&self, rng: &mut Rng, i: usize) -> String {
+        match self {
+            Corpus::Synthetic => memory_text(rng, i),
+            Corpus::Realistic(r) => r.text(rng, i),
+        }
+    }
+
+    /// A two-word cue: mid-frequency words, as people search.
+    fn cue(&self, rng: &mut Rng) -> String {
+        match self {
+            Corpus::Synthetic => format!("{} {}", VOCAB[rng.below(VOCAB.len())], VOCAB[rng.below(VOCAB.len())]),
+            Corpus::Realistic(r) => {
+                let mut pick = || r.words[(100 + rng.below(4_900)).min(r.words.len() - 1)].clone();
+                format!("{} {}", pick(), pick())
+            }
+        }
+    }
+}
+
+impl Realistic {
+    fn word(&self, rng: &mut Rng) -> &str {
+        let total = *self.cdf.last().expect("words");
+        let x = (rng.next() as f64 / u64::MAX as f64) * total;
+        let rank = self.cdf.partition_point(|&c| c < x).min(self.words.len() - 1);
+        &self.words[rank]
+    }
+
+    fn identifier(&self, rng: &mut Rng) -> String {
+        let hex = |rng: &mut Rng, n: usize| (0..n).map(|_| format!("{:x}", rng.below(16))).collect::<String>();
+        match rng.below(5) {
+            0 => format!("src/{}/{}.rs", self.word(rng), self.word(rng)),
+            1 => hex(rng, 40),
+            2 => format!("{}-{}-4{}-a{}-{}", hex(rng, 8), hex(rng, 4), hex(rng, 3), hex(rng, 3), hex(rng, 12)),
+            3 => format!("fn {}_{}(x: u32) -> Result<(), Error>", self.word(rng), self.word(rng)),
+            _ => format!("https://{}.example.com/{}?id={}", self.word(rng), self.word(rng), rng.below(100_000)),
+        }
+    }
+
+    fn text(&self, rng: &mut Rng, i: usize) -> String {
+        // Turns: most short, some long, a few very long (tool output pasted back).
+        let words = match rng.below(10) {
+            0..=5 => 5 + rng.below(35),
+            6..=8 => 40 + rng.below(160),
+            _ => 200 + rng.below(600),
+        };
+        let identifiers = if rng.below(5) == 0 { 1 + rng.below(3) } else { 0 };
+        let mut s = format!("turn {i}:");
+        for w in 0..words {
+            s.push(' ');
+            if identifiers > 0
+                && w % (words / identifiers).max(1) == 0
+                && w / (words / identifiers).max(1) < identifiers
+            {
+                s.push_str(&self.identifier(rng));
+            } else {
+                s.push_str(self.word(rng));
+            }
+        }
+        s
+    }
+}
+
+/// Resident set (VmRSS) of a process now, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+fn store(records: usize, queries: usize, corpus: &Corpus, json: bool) {
     let bin = iai_bin();
     let (_dir, home, mut client) = unlocked_store(&bin);
     let ihome = iai_policy::Home::new(home.clone()).expect("home");
     let mut rng = Rng(42);
 
     let mut capture = Vec::with_capacity(records);
+    let mut text_bytes = 0usize;
     let started = Instant::now();
     for i in 0..records {
-        let text = memory_text(&mut rng, i);
+        let text = corpus.text(&mut rng, i);
+        text_bytes += text.len();
         let t = Instant::now();
         client.capture(CaptureRequest { text, ..Default::default() }).expect("capture");
         capture.push(t.elapsed());
@@ -370,7 +505,7 @@ fn store(records: usize, queries: usize, json: bool) {
     let mut recall = Vec::with_capacity(queries);
     let mut hits = 0usize;
     for _ in 0..queries {
-        let cue = format!("{} {}", VOCAB[rng.below(VOCAB.len())], VOCAB[rng.below(VOCAB.len())]);
+        let cue = corpus.cue(&mut rng);
         let t = Instant::now();
         let r = client.recall(RecallRequest { cue, limit: Some(10), ..Default::default() }).expect("recall");
         recall.push(t.elapsed());
@@ -381,12 +516,25 @@ fn store(records: usize, queries: usize, json: bool) {
     drop(client);
     run(&bin, &home, &["lock"], false);
 
-    // Unlock to ready, three times; Argon2 alone measured in-process.
+    // Unlock to ready, three times; Argon2 alone measured in-process. The
+    // storer's resident set right after the last unlock, and after 1,000
+    // recalls on it.
     let mut unlock = Vec::new();
-    for _ in 0..3 {
+    let (mut rss_unlocked, mut rss_recalled) = (f64::NAN, f64::NAN);
+    for round in 0..3 {
         unlock.push(run(&bin, &home, &["unlock"], true));
-        let s = Client::connect(&ihome).and_then(|mut c| c.stats()).expect("stats");
+        let mut c = Client::connect(&ihome).expect("connect");
+        let s = c.stats().expect("stats");
         assert_eq!(s.records as usize, records);
+        if round == 2 {
+            rss_unlocked = rss_mib(s.storer_pid);
+            for _ in 0..1_000 {
+                let cue = corpus.cue(&mut rng);
+                c.recall(RecallRequest { cue, limit: Some(10), ..Default::default() }).expect("recall");
+            }
+            rss_recalled = rss_mib(s.storer_pid);
+        }
+        drop(c);
         run(&bin, &home, &["lock"], false);
     }
     let kf = KeyFile::parse(&std::fs::read(ihome.key()).expect("key")).expect("parse key");
@@ -400,15 +548,21 @@ fn store(records: usize, queries: usize, json: bool) {
     if json {
         let s = |x: &Summary| serde_json::json!({"p50_us": x.p50, "p95_us": x.p95, "p99_us": x.p99, "n": x.n});
         let v = serde_json::json!({
-            "records": records, "capture": s(&c), "captures_per_s": sustained, "recall": s(&r),
+            "records": records, "corpus": corpus.name(), "text_mb": text_bytes as f64 / 1e6,
+            "capture": s(&c), "captures_per_s": sustained, "recall": s(&r),
             "recall_hits_mean": hits as f64 / queries.max(1) as f64,
             "unlock_total": s(&u), "argon2": s(&a), "unlock_minus_argon2_p50_ms": (u.p50 - a.p50) / 1e3,
             "storer_peak_rss_mib": storer_rss, "keyholder_peak_rss_mib": keyholder_rss,
+            "storer_rss_after_unlock_mib": rss_unlocked, "storer_rss_after_1000_recalls_mib": rss_recalled,
         });
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return;
     }
-    println!("store of {records} records (real keyholder + storer, durable captures)");
+    println!(
+        "store of {records} records, {} corpus, {:.1} MB of text (real keyholder + storer, durable captures)",
+        corpus.name(),
+        text_bytes as f64 / 1e6
+    );
     println!("{:<28} {:>10} {:>10} {:>10} {:>8}", "", "p50", "p95", "p99", "n");
     for (name, s) in [("capture latency (µs)", &c), ("recall latency (µs)", &r)] {
         println!("{name:<28} {:>10.0} {:>10.0} {:>10.0} {:>8}", s.p50, s.p95, s.p99, s.n);
@@ -419,6 +573,7 @@ fn store(records: usize, queries: usize, json: bool) {
     println!("sustained captures/s         {sustained:>10.0}");
     println!("unlock minus Argon2 (p50)    {:>10.1} ms", (u.p50 - a.p50) / 1e3);
     println!("peak RSS storer / keyholder  {storer_rss:>10.1} / {keyholder_rss:.1} MiB");
+    println!("storer RSS after unlock      {rss_unlocked:>10.1} MiB; after 1,000 recalls {rss_recalled:.1} MiB");
     println!("mean hits per recall         {:>10.1}", hits as f64 / queries.max(1) as f64);
 }
 

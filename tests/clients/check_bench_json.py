@@ -12,14 +12,21 @@ def number(v, where):
     return v
 
 
-store = json.load(open(sys.argv[1]))
-assert store["records"] == 1000, store
-for part in ("capture", "recall", "unlock_total", "argon2"):
-    for k in ("p50_us", "p95_us", "p99_us"):
-        assert number(store[part][k], f"{part}.{k}") > 0
-    assert store[part]["p50_us"] <= store[part]["p95_us"] <= store[part]["p99_us"], part
-for k in ("captures_per_s", "storer_peak_rss_mib", "keyholder_peak_rss_mib", "recall_hits_mean"):
-    number(store[k], k)
+def check_store(path, corpus):
+    store = json.load(open(path))
+    assert store["records"] == 1000, store
+    assert store["corpus"] == corpus, store
+    for part in ("capture", "recall", "unlock_total", "argon2"):
+        for k in ("p50_us", "p95_us", "p99_us"):
+            assert number(store[part][k], f"{part}.{k}") > 0
+        assert store[part]["p50_us"] <= store[part]["p95_us"] <= store[part]["p99_us"], part
+    for k in ("captures_per_s", "storer_peak_rss_mib", "keyholder_peak_rss_mib", "recall_hits_mean",
+              "storer_rss_after_unlock_mib", "storer_rss_after_1000_recalls_mib", "text_mb"):
+        assert number(store[k], k) > 0, k
+
+
+check_store(sys.argv[1], "synthetic")
+check_store(sys.argv[3], "realistic")
 
 locomo = json.load(open(sys.argv[2]))
 rows = [locomo["overall"], *locomo["per_category"].values(), *locomo["per_conversation"].values()]
@@ -30,4 +37,4 @@ for row in rows:
     assert row["hit@5"] <= row["hit@10"] and row["recall@5"] <= row["recall@10"], row
 assert locomo["overall"]["questions"] > 0
 assert set(locomo["per_category"]) == {"1", "2", "3", "4"}
-print("2 passed, 0 failed")
+print("3 passed, 0 failed")
