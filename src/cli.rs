@@ -360,6 +360,7 @@ enum HookEvent {
 }
 
 pub fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     match cli.command {
         Cmd::Audit { json } => return audit(json),
@@ -572,6 +573,27 @@ fn run(cmd: Cmd) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `iai-mcp status | head -1`: when the reader of our output goes away, stop
+/// quietly as other command-line tools do (exit 141, as if by SIGPIPE), not
+/// with a panic and a backtrace. Rust ignores SIGPIPE, so `println!` panics
+/// on the closed pipe; SIGPIPE is left ignored on purpose, so that a write to
+/// a storer that went away stays an error we report.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
 }
 
 fn audit(json: bool) -> ExitCode {

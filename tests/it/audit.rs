@@ -372,3 +372,22 @@ fn the_shim_scrubs_its_environment_and_audit_sees_only_this_homes_roles() {
     let _ = mine.wait();
     let _ = theirs.wait();
 }
+
+/// `iai-mcp audit | head -1`: a reader that goes away ends the command
+/// quietly (exit 141, as by SIGPIPE), never with a panic and a backtrace.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    let h = crate::support::TestHome::new();
+    h.init();
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    drop(read);
+    let out = h
+        .cmd(&["audit"])
+        .stdout(std::process::Stdio::from(write))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("audit");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
