@@ -44,7 +44,8 @@ fn main() {
                 Some(c) if c == "realistic" => Corpus::realistic(),
                 Some(c) => die(&format!("--corpus {c}: use synthetic or realistic")),
             };
-            store(flag("--records", 10_000), flag("--queries", 1_000), &corpus, json)
+            let keep = args.iter().any(|a| a == "--keep");
+            store(flag("--records", 10_000), flag("--queries", 1_000), &corpus, json, keep)
         }
         Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("hooks") => hooks(flag("--records", 10_000), flag("--runs", 200), json),
@@ -481,9 +482,14 @@ fn rss_mib(pid: u32) -> f64 {
         .map_or(f64::NAN, |kib| kib / 1024.0)
 }
 
-fn store(records: usize, queries: usize, corpus: &Corpus, json: bool) {
+/// `keep`: leave the (locked) store behind for profiling, and say where.
+fn store(records: usize, queries: usize, corpus: &Corpus, json: bool, keep: bool) {
     let bin = iai_bin();
-    let (_dir, home, mut client) = unlocked_store(&bin);
+    let (dir, home, mut client) = unlocked_store(&bin);
+    if keep {
+        eprintln!("keeping the store: IAI_MCP_HOME={} (passphrase {PASS:?})", home.display());
+        let _ = dir.keep();
+    }
     let ihome = iai_policy::Home::new(home.clone()).expect("home");
     let mut rng = Rng(42);
 
