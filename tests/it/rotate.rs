@@ -351,3 +351,51 @@ fn a_rotation_killed_at_random_points_resumes_and_loses_nothing() {
         during.len()
     );
 }
+
+/// A backup taken in the middle of a rotation (some values under each key)
+/// restores into a home that unlocks, says the rotation is unfinished, and
+/// finishes it with `rotate`.
+#[test]
+fn a_backup_taken_mid_rotation_restores_and_the_rotation_finishes() {
+    let h = TestHome::init_unlocked();
+    let mut c = h.client();
+    for chunk in (0..600).collect::<Vec<_>>().chunks(200) {
+        let items = chunk
+            .iter()
+            .map(|i| CaptureRequest { text: format!("midrotation record {i} mid{i}x"), ..Default::default() })
+            .collect();
+        c.capture_batch(CaptureBatchRequest { items, cursor: None }).expect("batch");
+    }
+    let before = all_records(&mut c);
+    drop(c);
+    let old = key_file(&h).key_id();
+    // Stop a slow rotation once some values are under the new key.
+    let mut child = rotate_cmd(&h, &["--batch", "1"]).spawn().expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let new = key_file(&h).key_id();
+        if new != old && !occurrences(&h, &new.0).is_empty() && h.status()["old_key_values"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rotation never got under way");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    kill9(child.id());
+    let _ = child.wait();
+    assert!(key_file(&h).previous_id().is_some(), "stopped mid-rotation");
+
+    let dir = tempfile::Builder::new().prefix("iai-midbackup").tempdir_in("/tmp").expect("dir");
+    let dest = dir.path().join("b");
+    assert_ok(&h.run(&["backup", dest.to_str().expect("utf8")]), "backup mid-rotation");
+    let restored = TestHome::new();
+    assert_ok(&restored.run(&["restore", dest.to_str().expect("utf8")]), "restore");
+    restored.unlock();
+    let s = restored.status();
+    assert!(s["old_key_values"].as_u64().unwrap_or(0) > 0, "{s}");
+    assert_eq!(s["integrity_problems"], 0, "{s}");
+    let out = rotate(&restored, &[]);
+    assert_ok(&out, "rotate finishes in the restored home");
+    assert!(key_file(&restored).previous_id().is_none());
+    assert!(occurrences(&restored, &old.0).is_empty(), "no byte under the old key in the restored home");
+    assert_eq!(all_records(&mut restored.client()), before, "every record came through");
+}
