@@ -32,14 +32,24 @@ pub(crate) fn read_key(path: &Path) -> Result<Vec<u8>> {
 
 /// Writes `bytes` to the new file `path` (0600, never through a link), synced.
 fn write_new(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_new_mode(path, bytes, 0o600)
+}
+
+/// Writes `bytes` to the new file `path` with `mode` (never through a link,
+/// never over anything), synced. A file left half-written is removed.
+pub(crate) fn write_new_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)
         .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("cannot write {}", path.display()))
+    let written = f.write_all(bytes).and_then(|()| f.sync_all());
+    if written.is_err() {
+        let _ = std::fs::remove_file(path);
+    }
+    written.with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {

@@ -6,7 +6,7 @@
 //! secret or with the new one, never neither.
 
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -159,19 +159,7 @@ impl Change {
             }
         }
         let path = staging(&self.home);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        let written = f.write_all(&bytes).and_then(|()| f.sync_all());
-        if let Err(e) = written {
-            let _ = std::fs::remove_file(&path);
-            return Err(e).with_context(|| format!("cannot write {}; nothing was changed", path.display()));
-        }
-        drop(f);
+        crate::backup::write_new_mode(&path, &bytes, 0o600).context("nothing was changed")?;
         std::fs::rename(&path, self.home.key())
             .with_context(|| format!("cannot replace {}", self.home.key().display()))?;
         std::fs::File::open(self.home.root())

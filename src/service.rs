@@ -7,8 +7,6 @@
 //! `install` never writes over a file that is not. A user's changes belong in
 //! a drop-in (`systemctl --user edit iai-mcp`), which we never touch.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -153,17 +151,7 @@ pub fn install(home: &Home) -> Result<()> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let tmp = dir.join(format!(".{UNIT_NAME}.iai-mcp-partial"));
     let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(nix::libc::O_NOFOLLOW)
-        .open(&tmp)
-        .with_context(|| format!("cannot create {}", tmp.display()))?;
-    f.write_all(text.as_bytes())
-        .and_then(|()| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    drop(f);
+    crate::backup::write_new_mode(&tmp, text.as_bytes(), 0o644)?;
     std::fs::rename(&tmp, &path).with_context(|| format!("cannot install {}", path.display()))?;
     println!("installed {}", path.display());
     println!("start it now and at every login with:");
