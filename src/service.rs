@@ -111,7 +111,27 @@ fn bin() -> Result<PathBuf> {
     std::env::current_exe().and_then(|p| p.canonicalize()).context("cannot find this binary's path")
 }
 
+/// A path the unit can hold as it is: systemd splits these settings at
+/// spaces, expands `%` specifiers and unescapes backslashes, so a path with
+/// any of those (or a quote, or a control character) would mean another path.
+fn plain_path(what: &str, p: &Path) -> Result<()> {
+    let s =
+        p.to_str().with_context(|| format!("{what} {} is not UTF-8; a systemd unit cannot name it", p.display()))?;
+    if let Some(c) =
+        s.chars().find(|c| c.is_whitespace() || c.is_control() || matches!(c, '%' | '\\' | '"' | '\'' | '$' | ';'))
+    {
+        bail!(
+            "{what} {s} contains {c:?}, which a systemd unit would read differently; move it to a path without it \
+             (nothing was installed)"
+        );
+    }
+    Ok(())
+}
+
 pub fn install(home: &Home) -> Result<()> {
+    let bin = bin()?;
+    plain_path("the binary", &bin)?;
+    plain_path("the home", home.root())?;
     let key = crate::backup::read_key(&home.key())
         .with_context(|| format!("{} is not initialised (run `iai-mcp init`)", home.root().display()))?;
     let file = KeyFile::parse(&key).context("the key file does not parse")?;
@@ -123,7 +143,7 @@ pub fn install(home: &Home) -> Result<()> {
     }
     let dir = unit_dir()?;
     let path = dir.join(UNIT_NAME);
-    let text = unit_text(&bin()?, home);
+    let text = unit_text(&bin, home);
     match std::fs::symlink_metadata(&path) {
         Ok(m) if !m.is_file() => bail!("{} is not a regular file; nothing was installed", path.display()),
         Ok(_) => {

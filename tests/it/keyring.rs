@@ -283,3 +283,21 @@ fn the_service_unit_verifies_scores_below_2_and_is_ours_alone() {
     assert_ne!(out.status.code(), Some(0), "a failed pair must fail the unit");
     assert!(stderr(&out).contains("stopped by itself"), "{}", stderr(&out));
 }
+
+/// A home (or binary) path that a unit file would read differently (a
+/// space, a `%` specifier) is refused before anything is written.
+#[test]
+fn service_install_refuses_a_path_a_unit_file_would_misread() {
+    let outer = tempfile::Builder::new().prefix("iai with space").tempdir_in("/tmp").expect("dir");
+    let h = TestHome::new_in(outer.path());
+    h.init();
+    let config = tempfile::Builder::new().prefix("iai-config").tempdir_in("/tmp").expect("config");
+    let out = h.cmd(&["service", "install"]).env("XDG_CONFIG_HOME", config.path()).output().expect("install");
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("contains ' '") && stderr(&out).contains("nothing was installed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!config.path().join("systemd").exists(), "nothing was written");
+}
