@@ -6,6 +6,9 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
 use std::time::Duration;
 
+use iai_keyholder::KeyFile;
+use iai_storer::proto::CaptureRequest;
+
 use crate::support::{TestHome, PASS};
 
 /// Every readable, writable mapping of `pid` (as root, which may read a
@@ -172,4 +175,29 @@ fn no_whole_text(texts: &[String], procs: [(&str, u32); 2], when: &str) {
         }
         assert_eq!(left, 0, "{left} of {} texts still whole in the {name}'s memory {when}", texts.len());
     }
+}
+
+/// Issue 11.3: the keyholder holds the previous data key only during a
+/// rotation. After `rotate` finished, the keyholder that did it (and wiped
+/// the old key) has no copy of the old key's bytes anywhere in its memory,
+/// while the new key's are there (the scan finds a key when there is one).
+#[test]
+fn after_a_rotation_the_old_data_key_is_nowhere_in_the_keyholders_memory() {
+    let h = TestHome::init_unlocked();
+    for i in 0..50 {
+        h.client()
+            .capture(CaptureRequest { text: format!("rotation memory scan {i}"), ..Default::default() })
+            .expect("c");
+    }
+    let pass = iai_keyholder::Passphrase::from_slice(PASS.as_bytes());
+    let key = |h: &TestHome| KeyFile::parse(&std::fs::read(h.root.join(".key")).expect("key")).expect("parse");
+    let old = key(&h).unwrap(&pass).expect("old key");
+    let out = h.cmd(&["rotate"]).env("IAI_MCP_PASSPHRASE", PASS).output().expect("rotate");
+    crate::support::assert_ok(&out, "rotate");
+    let new = key(&h).unwrap(&pass).expect("new key");
+    let (keyholder, _) = h.pids();
+    let mem = memory_of(keyholder);
+    let holds = |k: &[u8; 32]| mem.windows(32).any(|w| w == k);
+    assert!(holds(new.expose()), "the scan must find the key the keyholder uses");
+    assert!(!holds(old.expose()), "the old data key is still in the keyholder's memory after the rotation");
 }
