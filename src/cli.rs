@@ -1097,7 +1097,13 @@ fn last_catch_up(home: &Home) -> Option<String> {
     if running {
         return Some("catching up transcripts written while locked (in the background)".into());
     }
-    let log = std::fs::read_to_string(home.run_dir().join("hooks.log")).ok()?;
+    // The log's tail only: it grows with every hook run.
+    let mut f = std::fs::File::open(home.run_dir().join("hooks.log")).ok()?;
+    let len = f.metadata().ok()?.len();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(len.saturating_sub(64 * 1024))).ok()?;
+    let mut tail = Vec::new();
+    f.take(64 * 1024).read_to_end(&mut tail).ok()?;
+    let log = String::from_utf8_lossy(&tail);
     let last = log.lines().rev().find(|l| l.contains(" catch-up: "))?;
     Some(format!("last catch-up of transcripts: {}", printable(last)))
 }

@@ -171,10 +171,9 @@ pub fn status(home: &Home) -> Result<()> {
 /// For a rotation: the keyring's secret, checked against the old key file,
 /// when the store has a keyring slot; none (and the slot is dropped, said
 /// so) when the keyring cannot give it.
-pub fn secret_for_rotation(file: &KeyFile, dek: &iai_keyholder::Dek) -> Option<Passphrase> {
+pub fn secret_for_rotation(home: &Home, file: &KeyFile, dek: &iai_keyholder::Dek) -> Option<Passphrase> {
     file.slot(SlotKind::Keyring)?;
-    let home = Home::from_env().ok()?;
-    match fetch(&home) {
+    match fetch(home) {
         Ok(s) if file.unwrap_with(SlotKind::Keyring, &s).is_ok_and(|d| d.expose() == dek.expose()) => Some(s),
         Ok(_) => {
             eprintln!("the keyring's secret no longer opens the key; unlocking from the keyring is dropped");

@@ -65,7 +65,7 @@ pub fn rotate(home: &Home, opts: &Options) -> Result<()> {
                 other => anyhow!("{other}; nothing was changed"),
             })?;
             let code = recovery_code(&change.file, &dek, opts)?;
-            let ring = crate::keyring::secret_for_rotation(&change.file, &dek);
+            let ring = crate::keyring::secret_for_rotation(home, &change.file, &dek);
             let keep: Vec<(SlotKind, &Passphrase)> = code
                 .iter()
                 .map(|c| (SlotKind::RecoveryCode, c))
@@ -199,12 +199,6 @@ fn reseal_all(home: &Home, batch: u32) -> Result<u64> {
                 eprintln!();
             }
             return Ok(done);
-        }
-        if r.previous_key_id.is_none() {
-            bail!(
-                "the running storer does not hold the previous key, but values are under another key than its \
-                 own; run `iai-mcp lock`, then `iai-mcp rotate` again"
-            );
         }
         if !r.damaged.is_empty() {
             if progress {

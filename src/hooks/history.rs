@@ -155,16 +155,17 @@ pub fn run(client: &mut Client, scope: &Scope, deadline: Instant, progress: bool
             report.unfinished += found.len() - i;
             break;
         }
+        // Cheap first: a transcript read to its end has nothing after its
+        // position, and its first lines need not be read either.
+        let position: u64 = client.get_cursor(&cursor_key(&f.path))?.and_then(|v| v.parse().ok()).unwrap_or(0);
+        if position >= f.len {
+            continue;
+        }
         let (session, cwd) = identity(&f.path, f.host);
         if let Some(want) = &scope.project {
             if !cwd.as_deref().is_some_and(|c| Path::new(c).starts_with(want)) {
                 continue;
             }
-        }
-        // Cheap first: a transcript read to its end has nothing after its position.
-        let position: u64 = client.get_cursor(&cursor_key(&f.path))?.and_then(|v| v.parse().ok()).unwrap_or(0);
-        if position >= f.len {
-            continue;
         }
         let project = std::env::var("CLAUDE_PROJECT_DIR").ok().filter(|p| !p.is_empty()).or(cwd);
         let source = Source { transcript: &f.path, host: f.host, session, project };
