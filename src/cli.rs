@@ -1108,6 +1108,23 @@ fn last_catch_up(home: &Home) -> Option<String> {
     Some(format!("last catch-up of transcripts: {}", printable(last)))
 }
 
+/// How the last unlock loaded the recall index, in a line.
+fn index_line(i: &iai_storer::proto::IndexStats) -> String {
+    let how = if i.from_snapshot {
+        format!("loaded from its sealed snapshot in {} ms ({} memories checked one by one)", i.load_ms, i.checked)
+    } else {
+        format!("rebuilt from every memory in {} ms", i.load_ms)
+    };
+    let mut line = format!("index: {how}");
+    if let Some(why) = &i.snapshot_not_used {
+        line.push_str(&format!("; the snapshot was not used: {}", printable(why)));
+    }
+    if let Some(why) = &i.snapshot_off {
+        line.push_str(&format!("; no new snapshot is written in this session: {}", printable(why)));
+    }
+    line
+}
+
 /// Says when a key rotation is unfinished (the key file still holds the old key).
 fn rotation_note(home: &Home, s: &iai_storer::proto::Stats) -> Option<String> {
     let file = crate::backup::read_key(&home.key()).ok().and_then(|b| KeyFile::parse(&b).ok())?;
@@ -1254,6 +1271,7 @@ fn status(home: &Home, json: bool) -> Result<()> {
     let tiers: Vec<String> = s.per_tier.iter().map(|t| format!("{} {}", t.tier.name(), t.records)).collect();
     println!("  memories: {} ({})", s.records, tiers.join(", "));
     println!("  store size: {} bytes", s.store_bytes);
+    println!("  {}", index_line(&s.index));
     println!(
         "  seals: {} of at most {} for this key ({})",
         s.seal_count,

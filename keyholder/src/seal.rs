@@ -40,6 +40,9 @@ pub enum Field {
     /// `meta.event_head`: the newest event of the audit trail, so that events
     /// cut from its end are noticed.
     EventHead = 5,
+    /// `index_snapshot.blob`: one part of the sealed recall index, so that
+    /// unlock need not rebuild it from every record.
+    IndexSnapshot = 6,
 }
 
 impl Field {
@@ -50,6 +53,7 @@ impl Field {
             3 => Some(Field::MetaValue),
             4 => Some(Field::RecordState),
             5 => Some(Field::EventHead),
+            6 => Some(Field::IndexSnapshot),
             _ => None,
         }
     }
@@ -61,6 +65,7 @@ impl Field {
             Field::MetaValue => (3, 1),
             Field::RecordState => (1, 2),
             Field::EventHead => (4, 1),
+            Field::IndexSnapshot => (5, 1),
         }
     }
 }

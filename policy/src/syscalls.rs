@@ -123,6 +123,8 @@ const STORER: &[Syscall] = &[
     sc!(SYS_fstat),
     sc!(SYS_newfstatat),
     sc!(SYS_statx),
+    // Free space on the store's disk, before writing the index snapshot.
+    sc!(SYS_fstatfs),
     sc!(SYS_fcntl),
     sc!(SYS_flock),
     sc!(SYS_fsync),

@@ -281,6 +281,9 @@ impl Db {
             // Crash-safe erasure: if the process dies before the erase below,
             // the next start finds this and erases first.
             tx.execute("INSERT OR REPLACE INTO meta(k, v) VALUES(?1, 1)", params![ERASE_PENDING])?;
+            // The index snapshot holds the record's words: it goes too, and
+            // is written again without them.
+            drop_index_snapshot(tx)?;
             tx.execute("DELETE FROM records WHERE id = ?1", params![&id[..]])
         })?;
         let erased = match self.erase() {
@@ -349,12 +352,47 @@ impl Db {
     where
         E: From<rusqlite::Error>,
     {
-        let read = |r: &rusqlite::Row<'_>| {
-            let id = r.get::<_, Vec<u8>>(1).ok().and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok());
-            let detail = if id.is_some() { r.get::<_, Vec<u8>>(2).unwrap_or_default() } else { Vec::new() };
-            Ok(EventRow { seq: r.get(0)?, id: id.unwrap_or([0; 16]), detail })
-        };
-        batches(&self.conn, "SELECT seq, id, detail FROM events ORDER BY seq", batch, read, f)
+        batches(&self.conn, "SELECT seq, id, detail FROM events ORDER BY seq", batch, event_from, f)
+    }
+
+    /// The events after place `seq`, in trail order.
+    pub fn events_after(&self, seq: i64) -> rusqlite::Result<Vec<EventRow>> {
+        let mut stmt = self.conn.prepare("SELECT seq, id, detail FROM events WHERE seq > ?1 ORDER BY seq")?;
+        let rows = stmt.query_map(params![seq], event_from)?;
+        rows.collect()
+    }
+
+    /// Visits every event's (seq, id, detail) in trail order without copying them.
+    pub fn for_each_event_ref(&self, mut f: impl FnMut(i64, &[u8], &[u8])) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare("SELECT seq, id, detail FROM events ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            f(r.get(0)?, blob_ref(r, 1), blob_ref(r, 2));
+        }
+        Ok(())
+    }
+
+    /// Visits every record's (seq, id, dup_tag, body, state) in capture
+    /// order without copying them.
+    pub fn for_each_record_ref(&self, mut f: impl FnMut(i64, &[u8], &[u8], &[u8], &[u8])) -> rusqlite::Result<()> {
+        let mut stmt = self.conn.prepare("SELECT seq, id, dup_tag, body, state FROM records ORDER BY seq")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            f(r.get(0)?, blob_ref(r, 1), blob_ref(r, 2), blob_ref(r, 3), blob_ref(r, 4));
+        }
+        Ok(())
+    }
+
+    /// Records by their place in capture order (those still there).
+    pub fn records_at(&self, seqs: &[i64]) -> rusqlite::Result<Vec<Row>> {
+        let mut stmt = self.conn.prepare_cached("SELECT seq, id, dup_tag, body, state FROM records WHERE seq = ?1")?;
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            if let Some(row) = stmt.query_row(params![seq], row_from).optional()? {
+                out.push(row);
+            }
+        }
+        Ok(out)
     }
 
     /// Replaces the format-1 tables by format-2 ones filled by `fill`, all in
@@ -626,11 +664,59 @@ impl Db {
         Ok((out, scan))
     }
 
+    /// The sealed parts of the index snapshot, in order (none when there is
+    /// no snapshot, or no table for one yet).
+    pub fn index_snapshot(&self) -> rusqlite::Result<Vec<SnapshotPart>> {
+        let exists: bool = self.conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'index_snapshot'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !exists {
+            return Ok(Vec::new());
+        }
+        let mut stmt = self.conn.prepare("SELECT part, snap, blob FROM index_snapshot ORDER BY part")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        rows.collect()
+    }
+
+    /// Replaces the index snapshot by `parts` (sealed) of snapshot `snap`, in one transaction.
+    pub fn write_index_snapshot(&mut self, snap: &[u8], parts: &[Vec<u8>], counter: &[u8]) -> rusqlite::Result<()> {
+        self.write(Some(counter), |tx| {
+            // Dropped, not emptied: whatever shape an older one had.
+            drop_index_snapshot(tx)?;
+            tx.execute_batch(INDEX_SNAPSHOT_TABLE)?;
+            let mut insert = tx.prepare("INSERT INTO index_snapshot(part, snap, blob) VALUES(?1, ?2, ?3)")?;
+            for (i, p) in parts.iter().enumerate() {
+                insert.execute(params![i as i64, snap, p])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Removes the index snapshot (before a forget's erasure, or a rotation).
+    pub fn drop_index_snapshot(&mut self) -> rusqlite::Result<()> {
+        self.write(None, drop_index_snapshot)
+    }
+
     /// Keeps the current counter blob (a rotation with nothing left to
     /// re-seal still replaces the old key's counter).
     pub fn set_counter(&mut self, counter: &[u8]) -> rusqlite::Result<()> {
         self.write(Some(counter), |_| Ok(()))
     }
+}
+
+/// One part of the index snapshot: its number, the snapshot's id, the sealed bytes.
+pub type SnapshotPart = (i64, Vec<u8>, Vec<u8>);
+
+/// The table of the sealed index snapshot, made on its first write (so that
+/// opening a store never needs to write, even on a full disk).
+const INDEX_SNAPSHOT_TABLE: &str =
+    "CREATE TABLE index_snapshot(part INTEGER PRIMARY KEY, snap BLOB NOT NULL, blob BLOB NOT NULL)";
+
+/// Removes the index snapshot inside a write.
+pub fn drop_index_snapshot(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch("DROP TABLE IF EXISTS index_snapshot")
 }
 
 /// Puts a re-sealed value in its place.
@@ -716,6 +802,17 @@ fn write_zeros(path: &Path, len: u64) -> std::io::Result<()> {
 
 /// Reads a record row. The file may have been edited: a column of the wrong
 /// type reads as empty, so the row fails its checks instead of the unlock.
+fn event_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventRow> {
+    let id = r.get::<_, Vec<u8>>(1).ok().and_then(|v| <[u8; 16]>::try_from(v.as_slice()).ok());
+    let detail = if id.is_some() { r.get::<_, Vec<u8>>(2).unwrap_or_default() } else { Vec::new() };
+    Ok(EventRow { seq: r.get(0)?, id: id.unwrap_or([0; 16]), detail })
+}
+
+/// A column's bytes in place (empty when it is not a blob).
+fn blob_ref<'a>(r: &'a rusqlite::Row<'_>, i: usize) -> &'a [u8] {
+    r.get_ref(i).ok().and_then(|v| v.as_blob().ok()).unwrap_or_default()
+}
+
 fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     let bytes = |i: usize| r.get::<_, Vec<u8>>(i).unwrap_or_default();
     let (id, body) = match <[u8; 16]>::try_from(bytes(1).as_slice()) {

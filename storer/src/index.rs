@@ -1,15 +1,17 @@
-//! The recall index. It lives only in the storer's memory: built from
-//! unsealed records at unlock, kept current on every capture and forget, never
-//! written anywhere.
+//! The recall index. It lives in the storer's memory: built from unsealed
+//! records at unlock, kept current on every capture and forget. Its image
+//! ([`Index::image`]) is what the storer seals into the index snapshot; it is
+//! never written anywhere unsealed.
 //!
 //! Tokens are UAX #29 words (so every script segments), lower-cased, with
 //! English Snowball stemming for ASCII words and a short stop-word list.
 //! Ranking is Okapi BM25 (k1 = 1.2, b = 0.75) scaled by recency (half-life
 //! 30 days) and by reinforcement.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use rust_stemmers::{Algorithm, Stemmer};
+use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
 const K1: f64 = 1.2;
@@ -103,6 +105,7 @@ pub struct DocMeta {
 
 struct Doc {
     meta: DocMeta,
+    check: Check,
     session: Option<u32>,
     project: Option<u32>,
     len: u32,
@@ -110,6 +113,16 @@ struct Doc {
     /// The records captured just before and after this one in its session.
     prev: Option<u32>,
     next: Option<u32>,
+}
+
+/// Digests of a record's sealed values as the storer verified or wrote them
+/// (all zero: unknown), so that an unchanged row need not be unsealed again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// Of the row's place, duplicate tag and sealed body.
+    pub body: [u8; 16],
+    /// Of the sealed state.
+    pub state: [u8; 16],
 }
 
 /// A turn's relevance spills onto its neighbours in the same session with
@@ -213,7 +226,16 @@ impl Index {
         if let Some(p) = prev {
             self.docs[p as usize].next = Some(slot);
         }
-        self.docs.push(Doc { meta, session, project, len: toks.len() as u32, alive: true, prev, next: None });
+        self.docs.push(Doc {
+            meta,
+            check: Check::default(),
+            session,
+            project,
+            len: toks.len() as u32,
+            alive: true,
+            prev,
+            next: None,
+        });
         self.lens.push(toks.len() as u32);
     }
 
@@ -238,14 +260,35 @@ impl Index {
                 }
             }
         }
+        self.retire(slot);
+        self.unsupersede_by(id);
+    }
+
+    /// Marks a slot dead. Its strings go; the slot stays so that the others
+    /// keep theirs; its neighbours in the session become each other's, as
+    /// they would be in an index built without it.
+    fn retire(&mut self, slot: u32) {
         let doc = &mut self.docs[slot as usize];
         doc.alive = false;
-        // Its strings go too; the slot stays so that the others keep theirs.
         doc.meta.session = None;
         doc.meta.project = None;
+        let (prev, next, session) = (doc.prev.take(), doc.next.take(), doc.session);
         self.total_len -= u64::from(doc.len);
         self.live -= 1;
-        self.unsupersede_by(id);
+        if let Some(p) = prev {
+            self.docs[p as usize].next = next;
+        }
+        if let Some(n) = next {
+            self.docs[n as usize].prev = prev;
+        }
+        if let Some(s) = session {
+            if self.session_tail.get(&s) == Some(&slot) {
+                match prev {
+                    Some(p) => self.session_tail.insert(s, p),
+                    None => self.session_tail.remove(&s),
+                };
+            }
+        }
     }
 
     pub fn reinforce(&mut self, id: &[u8; 16], by: u32) {
@@ -280,6 +323,209 @@ impl Index {
                 d.meta.superseded_by = None;
             }
         }
+    }
+
+    /// A live record's check data.
+    pub fn check(&self, id: &[u8; 16]) -> Option<Check> {
+        self.by_id.get(id).map(|&slot| self.docs[slot as usize].check)
+    }
+
+    /// Changes a live record's check data (nothing for an unknown id).
+    pub fn set_check(&mut self, id: &[u8; 16], f: impl FnOnce(&mut Check)) {
+        if let Some(&slot) = self.by_id.get(id) {
+            f(&mut self.docs[slot as usize].check);
+        }
+    }
+
+    /// A live record's reinforcement and superseder, replaced.
+    pub fn set_state(&mut self, id: &[u8; 16], reinforced: u32, superseded_by: Option<[u8; 16]>) {
+        if let Some(&slot) = self.by_id.get(id) {
+            let m = &mut self.docs[slot as usize].meta;
+            m.reinforced = reinforced;
+            m.superseded_by = superseded_by;
+        }
+    }
+
+    /// Every live record's id and check data.
+    pub fn checks(&self) -> impl Iterator<Item = ([u8; 16], Check)> + '_ {
+        self.docs.iter().filter(|d| d.alive).map(|d| (d.meta.id, d.check))
+    }
+
+    /// Removes records without their text: one pass over every posting list.
+    pub fn remove_many(&mut self, ids: &HashSet<[u8; 16]>) {
+        let slots: HashSet<u32> = ids.iter().filter_map(|id| self.by_id.remove(id)).collect();
+        if slots.is_empty() {
+            return;
+        }
+        let terms: Vec<(Box<str>, u32)> = self.terms.iter().map(|(t, &tid)| (t.clone(), tid)).collect();
+        for (term, tid) in terms {
+            let list = &mut self.postings[tid as usize];
+            list.retain(|(s, _)| !slots.contains(s));
+            if list.is_empty() {
+                *list = Vec::new();
+                self.terms.remove(&term);
+            }
+        }
+        for &slot in &slots {
+            self.retire(slot);
+        }
+        for id in ids {
+            self.unsupersede_by(id);
+        }
+    }
+
+    /// A fact stays superseded only while the newer one is there.
+    pub fn drop_dangling_supersedes(&mut self) {
+        let by_id = &self.by_id;
+        for d in &mut self.docs {
+            if d.meta.superseded_by.is_some_and(|by| !by_id.contains_key(&by)) {
+                d.meta.superseded_by = None;
+            }
+        }
+    }
+
+    /// The whole index as bytes, for the storer to seal: the records and
+    /// names through postcard, then every posting list as variable-length
+    /// integers (slots as gaps), which is most of it.
+    pub fn image(&self) -> Vec<u8> {
+        let mut terms: Vec<(&str, u32)> = self.terms.iter().map(|(t, &tid)| (&**t, tid)).collect();
+        terms.sort_unstable_by_key(|t| t.1);
+        let docs = self
+            .docs
+            .iter()
+            .map(|d| DocImage {
+                id: d.meta.id,
+                created_at: d.meta.created_at,
+                tier: d.meta.tier,
+                role: d.meta.role,
+                reinforced: d.meta.reinforced,
+                superseded_by: d.meta.superseded_by,
+                check: d.check,
+                session: d.session,
+                project: d.project,
+                len: d.len,
+                alive: d.alive,
+                prev: d.prev,
+                next: d.next,
+            })
+            .collect();
+        let head = ImageHead {
+            docs,
+            terms,
+            sessions: names(&self.sessions),
+            projects: names(&self.projects),
+            postings: self.postings.len() as u32,
+        };
+        let head = postcard::to_stdvec(&head).expect("an index always serialises");
+        let mut out = Vec::with_capacity(8 + head.len() + self.postings.iter().map(|l| 2 + 2 * l.len()).sum::<usize>());
+        out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+        out.extend_from_slice(&head);
+        for list in &self.postings {
+            varint(&mut out, list.len() as u64);
+            let mut prev = 0u32;
+            for &(slot, tf) in list {
+                varint(&mut out, u64::from(slot - prev));
+                varint(&mut out, u64::from(tf));
+                prev = slot;
+            }
+        }
+        out
+    }
+
+    /// An index from [`Index::image`]'s bytes, checked for consistency (a
+    /// bad image is an error, never a panic or an index that lies).
+    pub fn from_image(bytes: &[u8]) -> Result<Index, String> {
+        let head_len = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")) as usize);
+        let head_len = head_len.filter(|&n| n <= bytes.len() - 8).ok_or("it is cut short")?;
+        let head: ImageHeadOwned =
+            postcard::from_bytes(&bytes[8..8 + head_len]).map_err(|e| format!("cannot decode: {e}"))?;
+        let mut r = Reader(&bytes[8 + head_len..]);
+        let n = head.docs.len() as u32;
+        // Each list takes at least a byte: a count past that is damage.
+        if head.postings as usize > r.0.len() {
+            return Err("it names more posting lists than it holds".into());
+        }
+        let mut postings = Vec::with_capacity(head.postings as usize);
+        for _ in 0..head.postings {
+            let len = r.varint()? as usize;
+            if len > r.0.len() {
+                return Err("a posting list is longer than the image".into());
+            }
+            let mut list = Vec::with_capacity(len);
+            let mut slot = 0u64;
+            for i in 0..len {
+                let gap = r.varint()?;
+                if i > 0 && gap == 0 {
+                    return Err("a posting list is out of order".into());
+                }
+                slot += gap;
+                if slot >= u64::from(n) {
+                    return Err("a posting names no record".into());
+                }
+                let tf = u32::try_from(r.varint()?).map_err(|_| "a term frequency is out of range")?;
+                list.push((slot as u32, tf));
+            }
+            postings.push(list);
+        }
+        if !r.0.is_empty() {
+            return Err("it has bytes past its end".into());
+        }
+        let mut ix = Index { postings, ..Index::default() };
+        for (term, tid) in head.terms {
+            if tid as usize >= ix.postings.len() || ix.terms.insert(term, tid).is_some() {
+                return Err("a term is listed twice or has no postings".into());
+            }
+        }
+        let sessions: Vec<Box<str>> = head.sessions;
+        let projects: Vec<Box<str>> = head.projects;
+        let (ns, np) = (sessions.len() as u32, projects.len() as u32);
+        ix.docs.reserve_exact(head.docs.len());
+        ix.lens.reserve_exact(head.docs.len());
+        for (slot, d) in head.docs.into_iter().enumerate() {
+            let slot = slot as u32;
+            if d.session.is_some_and(|s| s >= ns)
+                || d.project.is_some_and(|p| p >= np)
+                || d.prev.is_some_and(|p| p >= slot)
+                || d.next.is_some_and(|p| p <= slot || p >= n)
+            {
+                return Err(format!("record {slot} has links out of range"));
+            }
+            if let Some(s) = d.session.filter(|_| d.alive) {
+                ix.session_tail.insert(s, slot);
+            }
+            ix.lens.push(d.len);
+            if d.alive {
+                if ix.by_id.insert(d.id, slot).is_some() {
+                    return Err("a record is listed twice".into());
+                }
+                ix.total_len += u64::from(d.len);
+                ix.live += 1;
+            }
+            // Forgotten records keep their slot, not their names.
+            let name = |list: &[Box<str>], i: Option<u32>| i.filter(|_| d.alive).map(|i| list[i as usize].to_string());
+            ix.docs.push(Doc {
+                meta: DocMeta {
+                    id: d.id,
+                    created_at: d.created_at,
+                    tier: d.tier,
+                    role: d.role,
+                    session: name(&sessions, d.session),
+                    project: name(&projects, d.project),
+                    reinforced: d.reinforced,
+                    superseded_by: d.superseded_by,
+                },
+                check: d.check,
+                session: d.session,
+                project: d.project,
+                len: d.len,
+                alive: d.alive,
+                prev: d.prev,
+                next: d.next,
+            });
+        }
+        ix.sessions = sessions.into_iter().enumerate().map(|(i, s)| (s, i as u32)).collect();
+        ix.projects = projects.into_iter().enumerate().map(|(i, s)| (s, i as u32)).collect();
+        Ok(ix)
     }
 
     /// Results `offset..offset + limit` of the ranking for `cue`, best first,
@@ -391,6 +637,74 @@ impl Index {
         ranked.sort_by(by_score);
         ranked.into_iter().map(|(slot, s)| (self.docs[slot as usize].meta.clone(), s)).collect()
     }
+}
+
+/// A record in the image: its facts without the names it shares with others.
+#[derive(Serialize, Deserialize)]
+struct DocImage {
+    id: [u8; 16],
+    created_at: i64,
+    tier: u8,
+    role: u8,
+    reinforced: u32,
+    superseded_by: Option<[u8; 16]>,
+    check: Check,
+    session: Option<u32>,
+    project: Option<u32>,
+    len: u32,
+    alive: bool,
+    prev: Option<u32>,
+    next: Option<u32>,
+}
+
+#[derive(Serialize)]
+struct ImageHead<'a> {
+    docs: Vec<DocImage>,
+    terms: Vec<(&'a str, u32)>,
+    sessions: Vec<&'a str>,
+    projects: Vec<&'a str>,
+    postings: u32,
+}
+
+#[derive(Deserialize)]
+struct ImageHeadOwned {
+    docs: Vec<DocImage>,
+    terms: Vec<(Box<str>, u32)>,
+    sessions: Vec<Box<str>>,
+    projects: Vec<Box<str>>,
+    postings: u32,
+}
+
+/// LEB128.
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for (i, &b) in self.0.iter().enumerate().take(10) {
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Ok(v);
+            }
+        }
+        Err("an integer is cut short or too long".into())
+    }
+}
+
+/// Interned names by their number.
+fn names(map: &HashMap<Box<str>, u32>) -> Vec<&str> {
+    let mut v: Vec<(&str, u32)> = map.iter().map(|(s, &i)| (&**s, i)).collect();
+    v.sort_unstable_by_key(|e| e.1);
+    v.into_iter().map(|e| e.0).collect()
 }
 
 fn intern(map: &mut HashMap<Box<str>, u32>, s: &str) -> u32 {
@@ -571,5 +885,112 @@ mod tests {
         idx.add(meta(3, 30), "zanzibarword returns");
         let (hits, _) = idx.search("zanzibarword", 0, 10, &Filter::default(), 40);
         assert_eq!(hits.iter().map(|(m, _)| m.id).collect::<Vec<_>>(), vec![[3; 16]]);
+    }
+
+    /// An index with sessions, projects, removals and supersedes.
+    fn sample() -> Index {
+        let mut idx = Index::default();
+        let words = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"];
+        for n in 0..60u8 {
+            let mut m = meta(n, i64::from(n) * 1000);
+            m.session = Some(format!("s{}", n % 3));
+            m.project = (n % 2 == 0).then(|| "/work/app".to_string());
+            m.reinforced = u32::from(n % 4);
+            let text = format!("{} {} {} tokenx{n}", words[n as usize % 10], words[(n as usize * 7) % 10], words[3]);
+            idx.add(m, &text);
+            idx.set_check(&[n; 16], |c| c.body = [n; 16]);
+        }
+        idx.supersede(&[1; 16], [2; 16]);
+        for n in [5u8, 6, 7, 30] {
+            let text = format!("x tokenx{n}");
+            idx.remove(&[n; 16], &text);
+        }
+        idx.remove_many(&[[40u8; 16], [41; 16]].into_iter().collect());
+        idx
+    }
+
+    type Ranked = Vec<([u8; 16], u64, u32, Option<[u8; 16]>)>;
+
+    fn ranking(idx: &Index, cue: &str, filter: &Filter) -> Ranked {
+        let (hits, _) = idx.search(cue, 0, 100, filter, 100_000);
+        hits.into_iter().map(|(m, s)| (m.id, (s * 1e9) as u64, m.reinforced, m.superseded_by)).collect()
+    }
+
+    #[test]
+    fn an_image_loads_back_into_the_same_index() {
+        let idx = sample();
+        let back = Index::from_image(&idx.image()).expect("from image");
+        assert_eq!(back.len(), idx.len());
+        let filters = [
+            Filter::default(),
+            Filter { session: Some("s1".into()), ..Default::default() },
+            Filter { project: Some("/work/app".into()), ..Default::default() },
+        ];
+        for cue in ["alpha", "delta", "golf hotel", "tokenx12", "tokenx5", "india juliet echo"] {
+            for f in &filters {
+                assert_eq!(ranking(&back, cue, f), ranking(&idx, cue, f), "{cue} {f:?}");
+            }
+        }
+        assert_eq!(back.check(&[9; 16]).map(|c| c.body), Some([9; 16]));
+        assert!(back.check(&[5; 16]).is_none(), "a removed record stays removed");
+        let ids =
+            |i: &Index| i.recent(Some("/work/app"), 100).into_iter().map(|m| (m.id, m.session)).collect::<Vec<_>>();
+        assert_eq!(ids(&back), ids(&idx));
+        // Adding to both keeps them equal (session tails came back right).
+        let (mut a, mut b) = (idx, back);
+        for ix in [&mut a, &mut b] {
+            let mut m = meta(99, 99_000);
+            m.session = Some("s0".into());
+            ix.add(m, "zulu delta");
+        }
+        assert_eq!(ranking(&a, "zulu", &Filter::default()), ranking(&b, "zulu", &Filter::default()));
+    }
+
+    /// What a forget leaves behind ranks exactly like an index built
+    /// without the forgotten record (neighbours re-linked).
+    #[test]
+    fn a_removal_ranks_like_a_build_without_it() {
+        let texts = ["topic one intro", "answer sits here", "filler words", "topic one again", "more answer text"];
+        let mut with = Index::default();
+        let mut without = Index::default();
+        for (i, t) in texts.iter().enumerate() {
+            let mut m = meta(i as u8, i as i64);
+            m.session = Some("s".into());
+            with.add(m.clone(), t);
+            if i != 2 {
+                without.add(m, t);
+            }
+        }
+        with.remove(&[2; 16], texts[2]);
+        for cue in ["topic", "answer", "again"] {
+            let strip = |r: Ranked| r.into_iter().map(|x| (x.0, x.1)).collect::<Vec<_>>();
+            assert_eq!(
+                strip(ranking(&with, cue, &Filter::default())),
+                strip(ranking(&without, cue, &Filter::default())),
+                "{cue}"
+            );
+        }
+    }
+
+    /// Any damage to an image is an error, never a panic.
+    #[test]
+    fn a_damaged_image_is_refused_without_panicking() {
+        let image = sample().image();
+        for cut in (0..image.len()).step_by(7) {
+            assert!(Index::from_image(&image[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..3000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let mut bad = image.clone();
+            let at = (rng as usize) % bad.len();
+            bad[at] ^= 1 << (rng >> 60 & 7);
+            let _ = Index::from_image(&bad);
+        }
+        let mut long = image.clone();
+        long.push(0);
+        assert!(Index::from_image(&long).is_err(), "trailing bytes");
     }
 }

@@ -636,6 +636,29 @@ pub struct Stats {
     pub previous_key_id: Option<String>,
     #[serde(default)]
     pub old_key_values: u64,
+    /// How the last unlock loaded the recall index, and its snapshot.
+    #[serde(default)]
+    pub index: IndexStats,
+}
+
+/// How the last unlock loaded the recall index (`iai-mcp status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexStats {
+    /// Loaded from the sealed index snapshot (else rebuilt from every record).
+    pub from_snapshot: bool,
+    /// Records unsealed and checked one by one at unlock (the others matched
+    /// the snapshot byte for byte).
+    pub checked: u64,
+    /// Time to load the store at unlock (after the key was unwrapped), ms.
+    pub load_ms: u64,
+    /// Why a snapshot in the file was not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_not_used: Option<String>,
+    /// Size of the snapshot in the file (sealed bytes; 0: none).
+    pub snapshot_bytes: u64,
+    /// Why no snapshot is written in this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_off: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

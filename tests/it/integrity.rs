@@ -151,6 +151,8 @@ fn an_untouched_store_verifies_clean_and_keeps_every_fact() {
     assert_eq!(s["integrity_problems"], 0, "{}", problems(&s));
     assert_eq!(s["unreadable"], 0);
     assert_eq!(s["records"], 5, "{s:#}");
+    assert_eq!(s["index"]["from_snapshot"], true, "{s:#}");
+    assert_eq!(s["index"]["checked"], 0, "the snapshot vouches for every record: {s:#}");
     let hits = h.client().recall(RecallRequest { cue: "hermes".into(), ..Default::default() }).expect("recall").hits;
     let a = hits.iter().find(|x| x.id == base.a).expect("A recalled");
     assert_eq!(a.reinforced, 3, "duplicate + reinforce + batch duplicate");
@@ -364,37 +366,78 @@ const CASES: &[Case] = &[
     },
 ];
 
+/// How the index snapshot stands when the tampered store is unlocked: each
+/// case is caught whether unlock checks every record, or only those the
+/// snapshot does not vouch for.
+#[derive(Clone, Copy, Debug)]
+enum SnapshotMode {
+    /// The one written at the last lock.
+    Current,
+    /// None: the index is rebuilt.
+    Absent,
+    /// The one written at an earlier lock, put back.
+    Older,
+}
+
+fn set_snapshot(conn: &Connection, base: &Base, mode: SnapshotMode) {
+    match mode {
+        SnapshotMode::Current => {}
+        SnapshotMode::Absent => conn.execute_batch("DROP TABLE index_snapshot").expect("drop the snapshot"),
+        SnapshotMode::Older => {
+            let rows: Vec<(i64, Vec<u8>, Vec<u8>)> = early(base)
+                .prepare("SELECT part, snap, blob FROM index_snapshot")
+                .expect("the early copy has a snapshot")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .expect("parts")
+                .map(|p| p.expect("part"))
+                .collect();
+            conn.execute_batch("DELETE FROM index_snapshot").expect("empty");
+            for (part, snap, blob) in rows {
+                exec(
+                    conn,
+                    "INSERT INTO index_snapshot(part, snap, blob) VALUES(?1, ?2, ?3)",
+                    params![part, snap, blob],
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn every_tampering_of_the_files_is_reported_and_not_trusted() {
     let base = base();
     let mut failures = Vec::new();
-    for case in CASES {
+    let runs =
+        CASES.iter().flat_map(|c| [SnapshotMode::Current, SnapshotMode::Absent, SnapshotMode::Older].map(|m| (c, m)));
+    for (case, mode) in runs {
         let h = fresh();
+        set_snapshot(&db(&h), base, mode);
         (case.tamper)(&db(&h), base);
         let s = unlocked_status(&h);
+        let name = format!("{} ({mode:?} snapshot)", case.name);
         let count = s["integrity_problems"].as_u64().unwrap_or(0);
         if count == 0 || !problems(&s).contains(case.reported) {
-            failures.push(format!("{}: expected {:?}, status said: {}", case.name, case.reported, problems(&s)));
+            failures.push(format!("{}: expected {:?}, status said: {}", name, case.reported, problems(&s)));
             continue;
         }
         for (cue, id) in (case.left_out)(base) {
             if recalled(&h, cue).contains(&id) {
-                failures.push(format!("{}: memory {id} still recalled for {cue:?}", case.name));
+                failures.push(format!("{}: memory {id} still recalled for {cue:?}", name));
             }
         }
         let text = stdout(&h.run(&["status"]));
         if !text.contains("changed outside iai-mcp") {
-            failures.push(format!("{}: `status` does not warn: {text}", case.name));
+            failures.push(format!("{}: `status` does not warn: {text}", name));
         }
         let out = h.run(&["audit", "--json"]);
         let report: Value = serde_json::from_slice(&out.stdout).expect("audit json");
         let check = report["checks"].as_array().and_then(|c| c.iter().find(|c| c["id"] == "store.integrity").cloned());
         if check.as_ref().map(|c| c["status"].clone()) != Some("fail".into()) || out.status.code() == Some(0) {
-            failures.push(format!("{}: audit did not FAIL store.integrity: {check:?}", case.name));
+            failures.push(format!("{}: audit did not FAIL store.integrity: {check:?}", name));
         }
-        eprintln!("{}: reported ({count} problems)", case.name);
+        eprintln!("{}: reported ({count} problems)", name);
     }
-    assert!(failures.is_empty(), "{} of {} cases not caught:\n{}", failures.len(), CASES.len(), failures.join("\n"));
+    assert!(failures.is_empty(), "{} of {} runs not caught:\n{}", failures.len(), CASES.len() * 3, failures.join("\n"));
 }
 
 /// After a duplicate tag was planted on another record, capturing that text
@@ -414,21 +457,28 @@ fn a_planted_duplicate_tag_is_not_followed() {
 }
 
 /// What a stolen copy of the files shows: random ids, row numbers, sizes and
-/// sealed blobs; no column holds a time, tier, role, count or relation.
+/// sealed blobs; no column holds a time, tier, role, count or relation (the
+/// index snapshot shows only its parts' numbers and a random id).
 #[test]
 fn a_stolen_copy_shows_no_times_tiers_or_roles() {
     let base = base();
     let h = fresh();
     let conn = db(&h);
     let mut columns = Vec::new();
-    for table in ["records", "events", "cursors", "meta"] {
+    for table in ["records", "events", "cursors", "meta", "index_snapshot"] {
         let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})")).expect("table_info");
         let names: Vec<String> = stmt.query_map([], |r| r.get(1)).expect("cols").map(|c| c.expect("col")).collect();
         columns.push(format!("{table}({})", names.join(", ")));
     }
     assert_eq!(
         columns,
-        ["records(seq, id, dup_tag, body, state)", "events(seq, id, detail)", "cursors(id, value)", "meta(k, v)"]
+        [
+            "records(seq, id, dup_tag, body, state)",
+            "events(seq, id, detail)",
+            "cursors(id, value)",
+            "meta(k, v)",
+            "index_snapshot(part, snap, blob)"
+        ]
     );
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
@@ -437,7 +487,7 @@ fn a_stolen_copy_shows_no_times_tiers_or_roles() {
         .expect("tables")
         .map(|t| t.expect("t"))
         .collect();
-    assert_eq!(tables, ["cursors", "events", "meta", "records"]);
+    assert_eq!(tables, ["cursors", "events", "index_snapshot", "meta", "records"]);
     let keys: Vec<String> = conn
         .prepare("SELECT k FROM meta ORDER BY k")
         .expect("meta")

@@ -18,5 +18,6 @@ mod plaintext;
 mod protocol;
 mod rotate;
 mod secrets;
+mod snapshot;
 mod support;
 mod uid;

@@ -46,7 +46,43 @@ pub(super) fn lock_conns(conns: &Mutex<Conns>) -> MutexGuard<'_, Conns> {
     conns.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Writes the index snapshot once the storer has been idle a while after
+/// enough changes (a store killed later still has a recent one).
+fn snapshot_when_idle(state: Arc<Mutex<State>>) {
+    let spawned = std::thread::Builder::new().name("snapshot".into()).spawn(move || loop {
+        std::thread::sleep(snapshot::IDLE_CHECK);
+        let mut st = lock(&state);
+        if st.snap.last_request.elapsed() >= snapshot::IDLE {
+            snapshot::write_if_due(&mut st, false);
+        }
+    });
+    if let Err(e) = spawned {
+        iai_policy::log!("storer: could not start the snapshot writer: {e}");
+    }
+}
+
+/// At lock: the snapshot is brought up to date, unless a request holds the
+/// store for longer than [`EXIT_SNAPSHOT_WAIT`] (`lock` waits 5 s in all).
+fn snapshot_before_exit(state: &Mutex<State>) {
+    let deadline = Instant::now() + EXIT_SNAPSHOT_WAIT;
+    loop {
+        match state.try_lock() {
+            Ok(mut st) => return snapshot::write_if_due(&mut st, true),
+            Err(std::sync::TryLockError::Poisoned(p)) => return snapshot::write_if_due(&mut p.into_inner(), true),
+            Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                return iai_policy::log!("storer: the store stayed busy; stopping without a new index snapshot")
+            }
+        }
+    }
+}
+
+const EXIT_SNAPSHOT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub(super) fn serve(listener: UnixListener, state: Arc<Mutex<State>>) -> i32 {
+    snapshot_when_idle(Arc::clone(&state));
     let conns = Arc::new(Mutex::new(Conns::default()));
     let socket: Arc<std::path::Path> = Arc::from(lock(&state).home.socket().as_path());
     let my_uid = nix::unistd::getuid().as_raw();
@@ -143,12 +179,14 @@ pub(super) fn connection(mut stream: UnixStream, state: &Mutex<State>, socket: &
                 // keyholder must not keep `lock` from stopping the store.
                 let _ = proto::write_frame(&mut stream, &proto::encode_ok(&Ack { done: true }));
                 iai_policy::log!("storer: lock requested; stopping");
+                snapshot_before_exit(state);
                 let _ = std::fs::remove_file(socket);
                 std::process::exit(0);
             }
             Ok(req) => {
                 let mut st = lock(state);
                 let result = handle(&mut st, req);
+                st.snap.last_request = Instant::now();
                 if let Err(e) = &result {
                     if e.code == ErrorCode::KeyholderUnavailable {
                         let _ = std::fs::remove_file(st.home.socket());

@@ -72,6 +72,10 @@ pub(super) fn store_record(
     }
     let state = blobs.next().ok_or_else(|| internal("no sealed state"))?;
     let old_blob = blobs.next();
+    // What the index snapshot will vouch for (`load`).
+    let body_check = new.as_ref().map(|(row, _)| load::body_digest(row.seq, &row.id, &row.dup_tag, &row.body));
+    let state_check = load::state_digest(&id, &state);
+    let old_check = supersedes.zip(old_blob.as_ref()).map(|(old, b)| (old, load::state_digest(&old, b)));
     commit(st, event, &counter, |tx| {
         match &new {
             Some((row, _)) => db::insert_record(tx, row, &state)?,
@@ -95,6 +99,15 @@ pub(super) fn store_record(
     };
     if let Some(old) = supersedes {
         st.index.supersede(&old, id);
+    }
+    st.index.set_check(&id, |c| {
+        if let Some(b) = body_check {
+            c.body = b;
+        }
+        c.state = state_check;
+    });
+    if let Some((old, d)) = old_check {
+        st.index.set_check(&old, |c| c.state = d);
     }
     Ok((id, status))
 }
@@ -259,6 +272,8 @@ pub(super) fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<Ca
         let status = match p.new {
             Some((row, body)) => {
                 st.index.add(meta_of(row.id, &body, 0), &body.searchable());
+                let b = load::body_digest(row.seq, &row.id, &row.dup_tag, &row.body);
+                st.index.set_check(&row.id, |c| c.body = b);
                 CaptureStatus::Inserted
             }
             None => {
@@ -267,6 +282,10 @@ pub(super) fn capture_batch(st: &mut State, b: CaptureBatchRequest) -> Result<Ca
             }
         };
         results.push(CaptureResult { id: uuid_str(&p.id), status });
+    }
+    for ((id, ..), state) in touched.iter().zip(&states) {
+        let d = load::state_digest(id, state);
+        st.index.set_check(id, |c| c.state = d);
     }
     Ok(CaptureBatchResult { results })
 }
@@ -331,8 +350,10 @@ pub(super) fn reinforce(st: &mut State, ids: &[String]) -> Result<ReinforceResul
         }
         db::insert_event(tx, &event_row, &head)
     })?;
-    for id in &parsed {
+    for (id, state) in parsed.iter().zip(&blobs) {
         st.index.reinforce(id, 1);
+        let d = load::state_digest(id, state);
+        st.index.set_check(id, |c| c.state = d);
     }
     Ok(ReinforceResult { ids: parsed.iter().map(uuid_str).collect() })
 }
@@ -440,6 +461,7 @@ pub(super) fn forget(st: &mut State, id: &str) -> Result<ForgetResult, ErrorBody
         }
     };
     st.trail.push(event);
+    snapshot::dropped(st);
     if !erased {
         iai_policy::log!("storer: a forgotten record's old pages wait for a checkpoint (the disk is full)");
     }
@@ -542,6 +564,14 @@ pub(super) fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
         key_id: hex(&info.key_id.0),
         previous_key_id: info.previous.map(|k| hex(&k.0)),
         old_key_values: st.rotation.as_ref().map_or(0, |r| r.remaining),
+        index: proto::IndexStats {
+            from_snapshot: st.load.from_snapshot,
+            checked: st.load.checked,
+            load_ms: st.load.millis,
+            snapshot_not_used: st.load.snapshot_refused.clone(),
+            snapshot_bytes: st.snap.bytes,
+            snapshot_off: snapshot::why_not(st).map(str::to_string),
+        },
     })
 }
 
@@ -681,6 +711,8 @@ pub(super) fn import(st: &mut State, r: ImportRequest) -> Result<ImportResult, E
     st.next_record_seq = seq;
     for (row, body, reinforced, superseded_by) in new {
         st.index.add(meta_of(row.id, &body, reinforced), &body.searchable());
+        let check = load::row_check(row.seq, &row.id, &row.dup_tag, &row.body, &row.state);
+        st.index.set_check(&row.id, |c| *c = check);
         if let Some(by) = superseded_by {
             st.index.supersede(&row.id, by);
         }

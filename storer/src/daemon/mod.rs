@@ -37,6 +37,7 @@ mod handlers;
 mod load;
 mod rotate;
 mod sealing;
+mod snapshot;
 mod trail;
 mod upgrade;
 
@@ -126,6 +127,10 @@ struct State {
     memory_locked: bool,
     /// A key rotation under way (the keyholder holds the previous key).
     rotation: Option<rotate::Rotation>,
+    /// How this unlock loaded the store.
+    load: load::LoadInfo,
+    /// The index snapshot's bookkeeping.
+    snap: snapshot::Book,
 }
 
 struct Fail {
@@ -235,6 +240,8 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
         keyholder_pid,
         memory_locked,
         rotation: None,
+        load: load::LoadInfo::default(),
+        snap: snapshot::Book::default(),
     };
     if state.db.version().map_err(|e| fail("storer", format!("cannot read the database: {e}")))? == 1 {
         upgrade::run(&mut state).map_err(|e| fail("storer", format!("upgrading the store: {}", e.message)))?;

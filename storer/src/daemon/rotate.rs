@@ -29,6 +29,8 @@ pub(super) fn resume(st: &mut State) -> Result<(), ErrorBody> {
         let remaining = st.db.count_under(&prev.0)?;
         iai_policy::log!("storer: a key rotation is under way: {remaining} values are still under the old key");
         st.rotation = Some(Rotation { scan: Scan::Start, remaining, damaged: Vec::new() });
+        // It is sealed under the old key, and every digest in it is about to change.
+        snapshot::stop(st, "a key rotation was under way in this session");
     }
     Ok(())
 }
@@ -117,6 +119,7 @@ fn finish(st: &mut State, prev: &[u8; 16]) -> Result<(), ErrorBody> {
         let (_, counter) = st.kh.seal_nothing().map_err(keyholder_error)?;
         st.db.set_counter(&counter)?;
     }
+    snapshot::stop(st, "a key rotation was under way in this session");
     // Freed cells were zeroed as they went (secure_delete); the rebuild
     // clears the stale copies page moves left, and the checkpoint the WAL.
     st.db.erase()?;

@@ -17,6 +17,8 @@
 //! What it cannot see: the whole store replaced by an older copy of itself
 //! (SECURITY.md says so).
 
+use sha2::{Digest, Sha256};
+
 use super::*;
 
 /// Problems kept for `status` and `audit`; the rest are only counted.
@@ -71,12 +73,52 @@ pub(super) struct Trail {
     pub(super) events: Vec<EventMeta>,
     /// `events.seq` of the next event.
     pub(super) next_seq: i64,
+    /// Each record's newest event (its place in `events`), forgotten ones included.
+    pub(super) last: HashMap<[u8; 16], u32>,
+    /// SHA-256 over every event row in order, as verified or written: the
+    /// index snapshot names it, and unlock compares it with the file.
+    pub(super) digest: Sha256,
+    /// False once the file may hold an event this trail did not see pass
+    /// (a failed write, a gap): no snapshot is written from it.
+    pub(super) exact: bool,
+    /// The event `seal_with_event` sealed, until its write commits.
+    pending: Option<Pending>,
+}
+
+struct Pending {
+    row: EventRow,
+    records: Vec<[u8; 16]>,
 }
 
 impl Default for Trail {
     fn default() -> Self {
-        Trail { events: Vec::new(), next_seq: 1 }
+        Trail {
+            events: Vec::new(),
+            next_seq: 1,
+            last: HashMap::new(),
+            digest: Sha256::new(),
+            exact: true,
+            pending: None,
+        }
     }
+}
+
+/// Adds one event row to a trail digest: the digest of the trail is the
+/// SHA-256 of its rows' digests, so that the rows can be digested while the
+/// snapshot is still being opened, and chained once its length is known.
+pub(super) fn digest_event(h: &mut Sha256, row: &EventRow) {
+    h.update(event_digest(row.seq, &row.id, &row.detail));
+}
+
+/// One event row's digest.
+pub(super) fn event_digest(seq: i64, id: &[u8], detail: &[u8]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(b"iai-mcp event\0");
+    h.update(seq.to_le_bytes());
+    h.update((id.len() as u64).to_le_bytes());
+    h.update(id);
+    h.update(detail);
+    h.finalize()[..16].try_into().expect("16 of 32 bytes")
 }
 
 impl Trail {
@@ -85,8 +127,28 @@ impl Trail {
         EventMeta { seq: self.next_seq, id: new_id(), at: now_ms(), kind }
     }
 
+    /// An event whose write committed joins the trail (with the records and
+    /// row `seal_with_event` sealed for it).
     pub(super) fn push(&mut self, e: EventMeta) {
+        match self.pending.take() {
+            Some(p) if p.row.seq == e.seq && p.row.id == e.id => {
+                digest_event(&mut self.digest, &p.row);
+                for id in p.records {
+                    self.last.insert(id, self.events.len() as u32);
+                }
+            }
+            _ => self.exact = false,
+        }
         self.next_seq = e.seq + 1;
+        self.events.push(e);
+    }
+
+    /// An event read from the file and verified (at unlock).
+    pub(super) fn push_verified(&mut self, e: EventMeta, row: &EventRow, records: impl Iterator<Item = [u8; 16]>) {
+        digest_event(&mut self.digest, row);
+        for id in records {
+            self.last.insert(id, self.events.len() as u32);
+        }
         self.events.push(e);
     }
 }
@@ -160,7 +222,12 @@ pub(super) fn seal_with_event(
     let (mut blobs, counter) = st.kh.seal(items).map_err(keyholder_error)?;
     let head = blobs.pop().ok_or_else(|| internal("no sealed head"))?;
     let detail = blobs.pop().ok_or_else(|| internal("no sealed event"))?;
-    Ok(Sealed { blobs, event: EventRow { seq: event.seq, id: event.id, detail }, head, counter })
+    let row = EventRow { seq: event.seq, id: event.id, detail };
+    st.trail.pending = Some(Pending {
+        row: EventRow { seq: row.seq, id: row.id, detail: row.detail.clone() },
+        records: records.to_vec(),
+    });
+    Ok(Sealed { blobs, event: row, head, counter })
 }
 
 /// Runs one write that records `event`; once it committed, the event joins
@@ -187,6 +254,7 @@ pub(super) fn commit<T>(
 /// fsync error), so the next row and event numbers are read back from the
 /// file rather than assumed, and the next write cannot collide with it.
 pub(super) fn resync(st: &mut State) {
+    st.trail.exact = false;
     if let Ok(n) = st.db.next_record_seq() {
         st.next_record_seq = st.next_record_seq.max(n);
     }
