@@ -1121,6 +1121,11 @@ fn index_line(i: &iai_storer::proto::IndexStats) -> String {
     }
     if let Some(why) = &i.snapshot_off {
         line.push_str(&format!("; no new snapshot is written in this session: {}", printable(why)));
+    } else if let Some(why) = &i.snapshot_error {
+        line.push_str(&format!(
+            "; the last snapshot could not be written ({}): the next unlock takes longer",
+            printable(why)
+        ));
     }
     line
 }

@@ -522,17 +522,36 @@ fn store(records: usize, queries: usize, corpus: &Corpus, json: bool, keep: bool
     drop(client);
     run(&bin, &home, &["lock"], false);
 
-    // Unlock to ready, three times; Argon2 alone measured in-process. The
-    // storer's resident set right after the last unlock, and after 1,000
-    // recalls on it.
-    let mut unlock = Vec::new();
-    let (mut rss_unlocked, mut rss_recalled) = (f64::NAN, f64::NAN);
-    for round in 0..3 {
-        unlock.push(run(&bin, &home, &["unlock"], true));
+    // Unlock to ready, three times from the index snapshot and three times
+    // rebuilding the index (the snapshot dropped first), alternated so both
+    // see the same machine load; Argon2 alone measured in-process. The
+    // storer's resident set right after unlock (both ways), and after 1,000
+    // recalls on a store loaded from the snapshot.
+    let (mut unlock, mut rebuild) = (Vec::new(), Vec::new());
+    let (mut load_snapshot, mut load_rebuild) = (Vec::new(), Vec::new());
+    let (mut rss_unlocked, mut rss_rebuilt, mut rss_recalled) = (f64::NAN, f64::NAN, f64::NAN);
+    for round in 0..6 {
+        let rebuilt = round % 2 == 1;
+        if rebuilt {
+            rusqlite::Connection::open(ihome.db())
+                .and_then(|c| c.execute_batch("DROP TABLE IF EXISTS index_snapshot"))
+                .expect("drop the snapshot");
+        }
+        let took = run(&bin, &home, &["unlock"], true);
         let mut c = Client::connect(&ihome).expect("connect");
         let s = c.stats().expect("stats");
         assert_eq!(s.records as usize, records);
-        if round == 2 {
+        assert_eq!(s.index.from_snapshot, !rebuilt, "round {round}: {:?}", s.index);
+        let load = Duration::from_millis(s.index.load_ms);
+        if rebuilt {
+            rebuild.push(took);
+            load_rebuild.push(load);
+            rss_rebuilt = rss_mib(s.storer_pid);
+        } else {
+            unlock.push(took);
+            load_snapshot.push(load);
+        }
+        if round == 4 {
             rss_unlocked = rss_mib(s.storer_pid);
             for _ in 0..1_000 {
                 let cue = corpus.cue(&mut rng);
@@ -543,6 +562,7 @@ fn store(records: usize, queries: usize, corpus: &Corpus, json: bool, keep: bool
         drop(c);
         run(&bin, &home, &["lock"], false);
     }
+    let (rb, ls, lr) = (summarize(rebuild), summarize(load_snapshot), summarize(load_rebuild));
     let kf = KeyFile::parse(&std::fs::read(ihome.key()).expect("key")).expect("parse key");
     let mut argon = Vec::new();
     for _ in 0..3 {
@@ -558,6 +578,10 @@ fn store(records: usize, queries: usize, corpus: &Corpus, json: bool, keep: bool
             "capture": s(&c), "captures_per_s": sustained, "recall": s(&r),
             "recall_hits_mean": hits as f64 / queries.max(1) as f64,
             "unlock_total": s(&u), "argon2": s(&a), "unlock_minus_argon2_p50_ms": (u.p50 - a.p50) / 1e3,
+            "unlock_rebuilding_total": s(&rb), "unlock_rebuilding_minus_argon2_p50_ms": (rb.p50 - a.p50) / 1e3,
+            "storer_load_from_snapshot_p50_ms": ls.p50 / 1e3, "storer_load_rebuilding_p50_ms": lr.p50 / 1e3,
+            "rebuild_over_snapshot_unlock": (rb.p50 - a.p50) / (u.p50 - a.p50),
+            "storer_rss_after_rebuilding_unlock_mib": rss_rebuilt,
             "storer_peak_rss_mib": storer_rss, "keyholder_peak_rss_mib": keyholder_rss,
             "storer_rss_after_unlock_mib": rss_unlocked, "storer_rss_after_1000_recalls_mib": rss_recalled,
         });
@@ -573,13 +597,27 @@ fn store(records: usize, queries: usize, corpus: &Corpus, json: bool, keep: bool
     for (name, s) in [("capture latency (µs)", &c), ("recall latency (µs)", &r)] {
         println!("{name:<28} {:>10.0} {:>10.0} {:>10.0} {:>8}", s.p50, s.p95, s.p99, s.n);
     }
-    for (name, s) in [("unlock to ready (ms)", &u), ("  of which Argon2id (ms)", &a)] {
+    for (name, s) in [
+        ("unlock to ready (ms)", &u),
+        ("  rebuilding the index (ms)", &rb),
+        ("  of which Argon2id (ms)", &a),
+        ("storer load, snapshot (ms)", &ls),
+        ("storer load, rebuild (ms)", &lr),
+    ] {
         println!("{name:<28} {:>10.1} {:>10.1} {:>10.1} {:>8}", s.p50 / 1e3, s.p95 / 1e3, s.p99 / 1e3, s.n);
     }
     println!("sustained captures/s         {sustained:>10.0}");
-    println!("unlock minus Argon2 (p50)    {:>10.1} ms", (u.p50 - a.p50) / 1e3);
+    println!(
+        "unlock minus Argon2 (p50)    {:>10.1} ms from the snapshot, {:.1} ms rebuilding ({:.1}x)",
+        (u.p50 - a.p50) / 1e3,
+        (rb.p50 - a.p50) / 1e3,
+        (rb.p50 - a.p50) / (u.p50 - a.p50)
+    );
     println!("peak RSS storer / keyholder  {storer_rss:>10.1} / {keyholder_rss:.1} MiB");
-    println!("storer RSS after unlock      {rss_unlocked:>10.1} MiB; after 1,000 recalls {rss_recalled:.1} MiB");
+    println!(
+        "storer RSS after unlock      {rss_unlocked:>10.1} MiB (rebuilding: {rss_rebuilt:.1}); after 1,000 recalls \
+         {rss_recalled:.1} MiB"
+    );
     println!("mean hits per recall         {:>10.1}", hits as f64 / queries.max(1) as f64);
 }
 

@@ -56,6 +56,12 @@ impl Default for Tokenizer {
 }
 
 impl Tokenizer {
+    /// Empties the stem cache (it pays off while the whole index is built;
+    /// afterwards it would only hold memory).
+    pub fn forget_stems(&self) {
+        *self.stems.borrow_mut() = HashMap::new();
+    }
+
     pub fn terms(&self, text: &str, out: &mut Vec<String>) {
         let mut stems = self.stems.borrow_mut();
         for word in text.unicode_words() {

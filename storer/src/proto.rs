@@ -659,6 +659,9 @@ pub struct IndexStats {
     /// Why no snapshot is written in this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_off: Option<String>,
+    /// Why the last attempt to write one failed (the next unlock takes longer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_error: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

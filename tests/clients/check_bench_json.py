@@ -16,13 +16,16 @@ def check_store(path, corpus):
     store = json.load(open(path))
     assert store["records"] == 1000, store
     assert store["corpus"] == corpus, store
-    for part in ("capture", "recall", "unlock_total", "argon2"):
+    for part in ("capture", "recall", "unlock_total", "unlock_rebuilding_total", "argon2"):
         for k in ("p50_us", "p95_us", "p99_us"):
             assert number(store[part][k], f"{part}.{k}") > 0
         assert store[part]["p50_us"] <= store[part]["p95_us"] <= store[part]["p99_us"], part
     for k in ("captures_per_s", "storer_peak_rss_mib", "keyholder_peak_rss_mib", "recall_hits_mean",
-              "storer_rss_after_unlock_mib", "storer_rss_after_1000_recalls_mib", "text_mb"):
+              "storer_rss_after_unlock_mib", "storer_rss_after_1000_recalls_mib", "text_mb",
+              "storer_rss_after_rebuilding_unlock_mib", "rebuild_over_snapshot_unlock"):
         assert number(store[k], k) > 0, k
+    for k in ("storer_load_from_snapshot_p50_ms", "storer_load_rebuilding_p50_ms"):
+        assert number(store[k], k) >= 0, k
 
 
 check_store(sys.argv[1], "synthetic")

@@ -264,6 +264,47 @@ fn a_full_disk_refuses_captures_clearly_and_everything_else_keeps_working() {
     eprintln!("full disk: {refused} of 40 captures refused with disk_full, {} acknowledged and kept", acked.len());
 }
 
+/// The index snapshot is a shortcut: it is not written where it would take
+/// the space captures need (twice its size plus 64 MB must stay free), and
+/// `status` says why the next unlock will take longer.
+#[test]
+fn the_index_snapshot_never_takes_the_space_captures_need() {
+    let Some(fs) = Tmpfs::mount("48m") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root; the snapshot space test did not run");
+        return;
+    };
+    let h = TestHome::new_in(fs.path());
+    h.init();
+    h.unlock();
+    let mut client = h.client();
+    for i in 0..70 {
+        client
+            .capture(CaptureRequest { text: format!("spacecase {i} about the quorum"), ..Default::default() })
+            .expect("c");
+    }
+    drop(client);
+    // Idle long enough for the idle writer to try.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let said = loop {
+        let s = h.status();
+        if let Some(e) = s["index"]["snapshot_error"].as_str() {
+            break e.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "the idle writer never tried: {s:#}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(said.contains("MB are free") && said.contains("captures come first"), "{said}");
+    let text = crate::support::stdout(&h.run(&["status"]));
+    assert!(text.contains("the last snapshot could not be written"), "{text}");
+    crate::support::assert_ok(&h.run(&["lock"]), "lock");
+    let log = std::fs::read_to_string(h.home().log_file()).expect("daemon log");
+    assert!(!log.contains("wrote the index snapshot"), "{log}");
+    h.unlock();
+    let s = h.status();
+    assert_eq!(s["index"]["from_snapshot"], false, "{s:#}");
+    assert_eq!(s["records"], 70);
+}
+
 /// A memory at the text limit made of what JSON escapes worst (and what a
 /// JavaScript host counts twice), with `token` at its start.
 fn worst_text(token: &str, fill: char) -> String {

@@ -185,8 +185,12 @@ pub(super) fn connection(mut stream: UnixStream, state: &Mutex<State>, socket: &
             }
             Ok(req) => {
                 let mut st = lock(state);
+                // A status poll does not keep the storer from counting as idle.
+                let busy = !matches!(req, Request::Stats);
                 let result = handle(&mut st, req);
-                st.snap.last_request = Instant::now();
+                if busy {
+                    st.snap.last_request = Instant::now();
+                }
                 if let Err(e) = &result {
                     if e.code == ErrorCode::KeyholderUnavailable {
                         let _ = std::fs::remove_file(st.home.socket());

@@ -571,6 +571,7 @@ pub(super) fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
             snapshot_not_used: st.load.snapshot_refused.clone(),
             snapshot_bytes: st.snap.bytes,
             snapshot_off: snapshot::why_not(st).map(str::to_string),
+            snapshot_error: st.snap.error.clone(),
         },
     })
 }

@@ -59,6 +59,8 @@ pub(super) fn run(st: &mut State) -> Result<(), ErrorBody> {
         })?;
         info.checked = pass.finish(st);
     }
+    st.index.tokenizer().forget_stems();
+    crate::sys::give_back_free_memory();
     info.millis = started.elapsed().as_millis() as u64;
     iai_policy::log!(
         "storer: loaded {} memories in {} ms ({}; {} unsealed and checked)",

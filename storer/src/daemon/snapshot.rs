@@ -22,6 +22,12 @@ const FORMAT: u32 = 1;
 /// Plaintext bytes per sealed part: small enough that the buffers of a
 /// keyholder round trip are reused, not mapped and faulted in afresh.
 const PART_BYTES: usize = 64 << 10;
+/// Parts sealed or unsealed per keyholder request (4 MiB).
+const GROUP: usize = 64;
+/// A snapshot whose last write took longer is not written at lock (the
+/// storer has a few seconds to stop); the idle writer keeps it current.
+const EXIT_WRITE_BUDGET: Duration = Duration::from_secs(2);
+const EXIT_WRITE_RECORDS: u64 = 300_000;
 /// Changes (audit-trail events) after which an idle storer writes a new snapshot…
 const MIN_CHANGES: usize = 64;
 /// …or, in a large store, this share of its records (1/50).
@@ -63,11 +69,15 @@ pub(super) struct Book {
     pub(super) last_request: Instant,
     /// Size of the last one written or loaded (sealed bytes).
     pub(super) bytes: u64,
+    /// Why the last write failed (cleared by one that succeeds).
+    pub(super) error: Option<String>,
+    /// How long the last write took.
+    pub(super) took: Option<Duration>,
 }
 
 impl Default for Book {
     fn default() -> Self {
-        Book { written_at: None, off: None, last_request: Instant::now(), bytes: 0 }
+        Book { written_at: None, off: None, last_request: Instant::now(), bytes: 0, error: None, took: None }
     }
 }
 
@@ -109,19 +119,26 @@ pub(super) fn parts(db: &Db) -> Result<Option<Parts>, String> {
 /// Unseals and decodes the parts (runs beside the digests of the rows).
 pub(super) fn open(kh: &mut KeyholderClient, parts: Parts) -> Result<Snapshot, String> {
     let n = parts.blobs.len();
-    let items = parts
-        .blobs
-        .into_iter()
-        .enumerate()
-        .map(|(i, blob)| UnsealItem { field: Field::IndexSnapshot, row: part_row(&parts.id, i, n), blob })
-        .collect();
-    let plain = kh.unseal(items).map_err(|e| format!("the keyholder failed: {e}"))?;
     let mut payload = Vec::with_capacity(n * PART_BYTES);
-    for (i, p) in plain.into_iter().enumerate() {
-        match p {
-            Ok(p) => payload.extend_from_slice(&p),
-            Err(_) => {
-                return Err(format!("part {i} does not authenticate (changed, moved, or sealed under another key)"))
+    let mut blobs = parts.blobs.into_iter().enumerate().peekable();
+    // A group at a time: the sealed and the plain copies of the whole never
+    // coexist.
+    while let Some(&(first, _)) = blobs.peek() {
+        let items = blobs
+            .by_ref()
+            .take(GROUP)
+            .map(|(i, blob)| UnsealItem { field: Field::IndexSnapshot, row: part_row(&parts.id, i, n), blob })
+            .collect::<Vec<_>>();
+        let plain = kh.unseal(items).map_err(|e| format!("the keyholder failed: {e}"))?;
+        for (i, p) in plain.into_iter().enumerate() {
+            match p {
+                Ok(p) => payload.extend_from_slice(&p),
+                Err(_) => {
+                    return Err(format!(
+                        "part {} does not authenticate (changed, moved, or sealed under another key)",
+                        first + i
+                    ))
+                }
             }
         }
     }
@@ -174,7 +191,8 @@ pub(super) fn due(st: &State, at_exit: bool) -> bool {
         return changes > 0 || !st.index.is_empty();
     }
     if at_exit {
-        changes > 0
+        // Unmeasured in this session: a store this size writes in about a second.
+        changes > 0 && st.snap.took.map_or(st.index.len() <= EXIT_WRITE_RECORDS, |t| t <= EXIT_WRITE_BUDGET)
     } else {
         changes >= MIN_CHANGES.max((st.index.len() / CHANGE_SHARE) as usize)
     }
@@ -240,18 +258,31 @@ pub(super) fn write(st: &mut State) -> Result<(), String> {
     }
     let snap: [u8; 8] = new_id()[..8].try_into().expect("8 of 16 bytes");
     let n = payload.len().div_ceil(PART_BYTES);
-    let items = payload
-        .chunks(PART_BYTES)
-        .enumerate()
-        .map(|(i, chunk)| SealItem { field: Field::IndexSnapshot, row: part_row(&snap, i, n), plain: chunk.to_vec() })
-        .collect();
-    let (parts, counter) = st.kh.seal(items).map_err(|e| format!("the keyholder failed: {e}"))?;
+    let mut parts = Vec::with_capacity(n);
+    let mut counter = Vec::new();
+    for (g, group) in payload.chunks(PART_BYTES * GROUP).enumerate() {
+        let items = group
+            .chunks(PART_BYTES)
+            .enumerate()
+            .map(|(i, chunk)| SealItem {
+                field: Field::IndexSnapshot,
+                row: part_row(&snap, g * GROUP + i, n),
+                plain: chunk.to_vec(),
+            })
+            .collect();
+        let (blobs, c) = st.kh.seal(items).map_err(|e| format!("the keyholder failed: {e}"))?;
+        parts.extend(blobs);
+        counter = c;
+    }
     if parts.len() != n {
         return Err("the keyholder sealed too few parts".into());
     }
     drop(payload);
     st.db.write_index_snapshot(&snap, &parts, &counter).map_err(|e| format!("cannot store it: {e}"))?;
     st.snap.bytes = parts.iter().map(|p| p.len() as u64).sum();
+    drop(parts);
+    crate::sys::give_back_free_memory();
+    st.snap.took = Some(started.elapsed());
     iai_policy::log!(
         "storer: wrote the index snapshot ({} memories, {} events, {:.1} MB sealed) in {} ms",
         st.index.len(),
@@ -277,8 +308,12 @@ fn free_bytes(st: &State) -> Option<u64> {
 /// only takes longer).
 pub(super) fn write_if_due(st: &mut State, at_exit: bool) {
     if due(st, at_exit) {
-        if let Err(e) = write(st) {
-            iai_policy::log!("storer: could not write the index snapshot: {e}");
+        match write(st) {
+            Ok(()) => st.snap.error = None,
+            Err(e) => {
+                iai_policy::log!("storer: could not write the index snapshot: {e}");
+                st.snap.error = Some(e);
+            }
         }
     }
 }
