@@ -179,8 +179,10 @@ pub(super) fn connection(mut stream: UnixStream, state: &Mutex<State>, socket: &
                 // keyholder must not keep `lock` from stopping the store.
                 let _ = proto::write_frame(&mut stream, &proto::encode_ok(&Ack { done: true }));
                 iai_policy::log!("storer: lock requested; stopping");
-                snapshot_before_exit(state);
+                // No new client from here on (they see a locked store), while
+                // the index snapshot is brought up to date.
                 let _ = std::fs::remove_file(socket);
+                snapshot_before_exit(state);
                 std::process::exit(0);
             }
             Ok(req) => {
