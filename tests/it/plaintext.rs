@@ -145,6 +145,8 @@ fn thousand_memories_come_back_byte_exact_and_never_touch_disk_in_plaintext() {
         for s in [&c.cue, &c.tag, &c.session, &c.find_by] {
             needles.whole.push(s.as_bytes().to_vec());
         }
+        // As the recall index holds it (lower-cased), for its snapshot.
+        needles.whole.push(c.find_by.to_lowercase().into_bytes());
     }
     let mut texts = Vec::new();
     for i in 0..(1000 - canaries.len()) {
@@ -179,6 +181,12 @@ fn thousand_memories_come_back_byte_exact_and_never_touch_disk_in_plaintext() {
     assert!(n >= 4, "expected .key, the database and its WAL, got {n} files");
     drop(client);
     assert_ok(&h.run(&["lock"]), "lock");
+    // The lock wrote the index snapshot: its terms, sessions and tags are
+    // among the bytes scanned, sealed.
+    let parts: i64 = rusqlite::Connection::open(h.home().db())
+        .and_then(|c| c.query_row("SELECT count(*) FROM index_snapshot", [], |r| r.get(0)))
+        .expect("the index snapshot is in the file");
+    assert!(parts > 0);
     scan(&h, &needles, "after lock");
 }
 

@@ -13,6 +13,8 @@
 //! the records it does not vouch for are checked one by one, or the whole
 //! index is rebuilt, and the log says which.
 
+use std::time::Duration;
+
 use sha2::Digest;
 
 use super::*;
@@ -27,6 +29,8 @@ const GROUP: usize = 64;
 /// A snapshot whose last write took longer is not written at lock (the
 /// storer has a few seconds to stop); the idle writer keeps it current.
 const EXIT_WRITE_BUDGET: Duration = Duration::from_secs(2);
+/// Without a write measured in this session: the largest store written at
+/// lock (writes take about half a second per 100,000 records).
 const EXIT_WRITE_RECORDS: u64 = 300_000;
 /// Changes (audit-trail events) after which an idle storer writes a new snapshot…
 const MIN_CHANGES: usize = 64;
@@ -36,8 +40,6 @@ const CHANGE_SHARE: u64 = 50;
 pub(super) const IDLE: Duration = Duration::from_secs(10);
 /// How often the idle writer looks.
 pub(super) const IDLE_CHECK: Duration = Duration::from_secs(2);
-
-use std::time::Duration;
 
 /// What a snapshot holds, decoded.
 pub(super) struct Snapshot {
@@ -66,6 +68,7 @@ pub(super) struct Book {
     pub(super) written_at: Option<usize>,
     /// Why no snapshot may be written in this session.
     pub(super) off: Option<&'static str>,
+    /// When the last request other than a status poll was answered.
     pub(super) last_request: Instant,
     /// Size of the last one written or loaded (sealed bytes).
     pub(super) bytes: u64,
@@ -191,7 +194,7 @@ pub(super) fn due(st: &State, at_exit: bool) -> bool {
         return changes > 0 || !st.index.is_empty();
     }
     if at_exit {
-        // Unmeasured in this session: a store this size writes in about a second.
+        // Unmeasured in this session: judged by the store's size.
         changes > 0 && st.snap.took.map_or(st.index.len() <= EXIT_WRITE_RECORDS, |t| t <= EXIT_WRITE_BUDGET)
     } else {
         changes >= MIN_CHANGES.max((st.index.len() / CHANGE_SHARE) as usize)
