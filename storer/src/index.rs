@@ -363,21 +363,19 @@ impl Index {
         if slots.is_empty() {
             return;
         }
-        let terms: Vec<(Box<str>, u32)> = self.terms.iter().map(|(t, &tid)| (t.clone(), tid)).collect();
-        for (term, tid) in terms {
-            let list = &mut self.postings[tid as usize];
+        let postings = &mut self.postings;
+        self.terms.retain(|_, &mut tid| {
+            let list = &mut postings[tid as usize];
             list.retain(|(s, _)| !slots.contains(s));
             if list.is_empty() {
                 *list = Vec::new();
-                self.terms.remove(&term);
             }
-        }
+            !list.is_empty()
+        });
         for &slot in &slots {
             self.retire(slot);
         }
-        for id in ids {
-            self.unsupersede_by(id);
-        }
+        self.drop_dangling_supersedes();
     }
 
     /// A fact stays superseded only while the newer one is there.

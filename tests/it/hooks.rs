@@ -34,47 +34,38 @@ impl Env {
         self.user.path().join(".codex/sessions/2026/10/02/rollout-s2.jsonl")
     }
 
-    fn hook(&self, event: &str, input: &Value) -> Output {
+    /// `iai-mcp hook EVENT` started as a host would, `input` on its stdin.
+    fn spawn_hook(&self, event: &str, input: &Value, out: fn() -> Stdio) -> std::process::Child {
         let mut child = self
             .h
             .cmd(&["hook", event])
             .env("HOME", self.user.path())
             .env_remove("CLAUDE_PROJECT_DIR")
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(out())
+            .stderr(out())
             .spawn()
             .expect("spawn hook");
         let _ = child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes());
-        let out = child.wait_with_output().expect("hook");
+        child
+    }
+
+    fn hook(&self, event: &str, input: &Value) -> Output {
+        let out = self.spawn_hook(event, input, Stdio::piped).wait_with_output().expect("hook");
         assert_eq!(out.status.code(), Some(0), "a hook always exits 0: {}", stderr(&out));
         out
     }
 
     fn capture(&self, transcript: &Path, session: &str) -> Output {
-        self.hook(
-            "capture",
-            &json!({"session_id": session, "transcript_path": transcript, "cwd": "/work/app", "hook_event_name": "Stop"}),
-        )
+        self.hook("capture", &stop_input(transcript, session))
     }
 
     /// Runs the capture hook; returns its peak resident set in KiB, its own
     /// (not that of other tests' children, as `RUSAGE_CHILDREN` would).
     fn capture_measured(&self, transcript: &Path, session: &str) -> i64 {
-        let input = json!({"session_id": session, "transcript_path": transcript, "cwd": "/work/app", "hook_event_name": "Stop"});
         // Reaped below by wait4, which also reports its resource use.
         #[allow(clippy::zombie_processes)]
-        let mut child = self
-            .h
-            .cmd(&["hook", "capture"])
-            .env("HOME", self.user.path())
-            .env_remove("CLAUDE_PROJECT_DIR")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn hook");
-        let _ = child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes());
+        let child = self.spawn_hook("capture", &stop_input(transcript, session), Stdio::null);
         let pid = child.id() as libc::pid_t;
         let mut status = 0;
         // SAFETY: a zeroed rusage is a valid value; wait4 fills it for the
@@ -126,6 +117,11 @@ fn expectations() -> Expect {
 
 fn count_with(texts: &[String], token: &str) -> usize {
     texts.iter().filter(|t| t.contains(token)).count()
+}
+
+/// What a host's Stop hook receives.
+fn stop_input(transcript: &Path, session: &str) -> Value {
+    json!({"session_id": session, "transcript_path": transcript, "cwd": "/work/app", "hook_event_name": "Stop"})
 }
 
 #[test]

@@ -86,7 +86,10 @@ pub(super) struct Trail {
 }
 
 struct Pending {
-    row: EventRow,
+    seq: i64,
+    id: [u8; 16],
+    /// `event_digest` of its row.
+    digest: [u8; 16],
     records: Vec<[u8; 16]>,
 }
 
@@ -131,8 +134,8 @@ impl Trail {
     /// row `seal_with_event` sealed for it).
     pub(super) fn push(&mut self, e: EventMeta) {
         match self.pending.take() {
-            Some(p) if p.row.seq == e.seq && p.row.id == e.id => {
-                digest_event(&mut self.digest, &p.row);
+            Some(p) if p.seq == e.seq && p.id == e.id => {
+                self.digest.update(p.digest);
                 for id in p.records {
                     self.last.insert(id, self.events.len() as u32);
                 }
@@ -224,7 +227,9 @@ pub(super) fn seal_with_event(
     let detail = blobs.pop().ok_or_else(|| internal("no sealed event"))?;
     let row = EventRow { seq: event.seq, id: event.id, detail };
     st.trail.pending = Some(Pending {
-        row: EventRow { seq: row.seq, id: row.id, detail: row.detail.clone() },
+        seq: row.seq,
+        id: row.id,
+        digest: event_digest(row.seq, &row.id, &row.detail),
         records: records.to_vec(),
     });
     Ok(Sealed { blobs, event: row, head, counter })
