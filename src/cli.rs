@@ -82,6 +82,21 @@ enum KeyringAction {
 }
 
 #[derive(Subcommand)]
+enum ModelAction {
+    /// Check a static embedding model (safetensors weights and a tokenizer.json) and install it for semantic recall.
+    Install {
+        /// The weights: a safetensors file holding one table [tokens, values] (F32, F16 or BF16).
+        weights: std::path::PathBuf,
+        /// The Hugging Face tokenizer.json that goes with the weights.
+        tokenizer: std::path::PathBuf,
+    },
+    /// Remove the installed model: recall uses words only from the next unlock.
+    Remove,
+    /// Say whether a model is installed and whether it can be used.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum RecoveryAction {
     /// Make a new recovery code (replacing any earlier one) and show it once.
     Add {
@@ -206,6 +221,11 @@ enum Cmd {
     RecoveryCode {
         #[command(subcommand)]
         action: RecoveryAction,
+    },
+    /// The embedding model for semantic recall (a local file you install; nothing is downloaded).
+    Model {
+        #[command(subcommand)]
+        action: ModelAction,
     },
     /// Say whether the store is locked or unlocked, with process ids and counts.
     Status {
@@ -445,6 +465,11 @@ fn run(cmd: Cmd) -> Result<()> {
             };
             crate::rotate::rotate(&home, &opts)
         }
+        Cmd::Model { action } => match action {
+            ModelAction::Install { weights, tokenizer } => crate::model::install(&home, &weights, &tokenizer),
+            ModelAction::Remove => crate::model::remove(&home),
+            ModelAction::Status => crate::model::status(&home),
+        },
         Cmd::Backup { dest } => crate::backup::backup(&home, &dest),
         Cmd::History { action } => match action {
             HistoryAction::Import { since, project, target } => {
@@ -1108,6 +1133,23 @@ fn last_catch_up(home: &Home) -> Option<String> {
     Some(format!("last catch-up of transcripts: {}", printable(last)))
 }
 
+/// Whether recall understands meaning, in a line.
+fn semantic_line(i: &iai_storer::proto::IndexStats) -> String {
+    match (&i.model, &i.model_error) {
+        (_, Some(why)) => format!(
+            "semantic recall: OFF, the installed model cannot be used ({}); recall uses words only. \
+             Reinstall it with `iai-mcp model install`",
+            printable(why)
+        ),
+        (Some(m), None) if i.missing_vectors > 0 => format!(
+            "semantic recall: on (model {}, {} values); {} memories get their vectors at the next unlock",
+            m.id, m.dim, i.missing_vectors
+        ),
+        (Some(m), None) => format!("semantic recall: on (model {}, {} values)", m.id, m.dim),
+        (None, None) => "semantic recall: off (no model installed; see `iai-mcp model install`)".into(),
+    }
+}
+
 /// How the last unlock loaded the recall index, in a line.
 fn index_line(i: &iai_storer::proto::IndexStats) -> String {
     let how = if i.from_snapshot {
@@ -1277,6 +1319,7 @@ fn status(home: &Home, json: bool) -> Result<()> {
     println!("  memories: {} ({})", s.records, tiers.join(", "));
     println!("  store size: {} bytes", s.store_bytes);
     println!("  {}", index_line(&s.index));
+    println!("  {}", semantic_line(&s.index));
     println!(
         "  seals: {} of at most {} for this key ({})",
         s.seal_count,

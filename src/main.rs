@@ -9,6 +9,7 @@ mod export;
 mod hooks;
 mod keyring;
 mod keys;
+mod model;
 mod passphrase;
 mod roles;
 mod rotate;

@@ -65,6 +65,15 @@ const EXPECTED: &[&str] = &[
     "run/iai-mcp.pid",
     "run/daemon.log",
     "run/hooks.log",
+    // The embedding model `iai-mcp model install` copied in: public files
+    // (token vectors and vocabulary), nothing derived from a memory.
+    "model",
+    "model/weights.safetensors",
+    "model/tokenizer.json",
+    // An install killed before its rename; the next install removes it.
+    ".model.new",
+    ".model.new/weights.safetensors",
+    ".model.new/tokenizer.json",
 ];
 
 pub fn check(home: &Home, uid: u32) -> Vec<Check> {

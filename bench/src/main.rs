@@ -45,7 +45,8 @@ fn main() {
                 Some(c) => die(&format!("--corpus {c}: use synthetic or realistic")),
             };
             let keep = args.iter().any(|a| a == "--keep");
-            store(flag("--records", 10_000), flag("--queries", 1_000), &corpus, json, keep)
+            let model = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+            store(flag("--records", 10_000), flag("--queries", 1_000), &corpus, model.as_deref(), json, keep)
         }
         Some("mcp") => mcp(flag("--records", 10_000), flag("--queries", 1_000), json),
         Some("hooks") => hooks(flag("--records", 10_000), flag("--runs", 200), json),
@@ -55,7 +56,9 @@ fn main() {
         Some("locomo") => {
             let dir =
                 args.get(1).filter(|a| !a.starts_with("--")).unwrap_or_else(|| die("locomo needs the data directory"));
-            locomo(Path::new(dir), json)
+            let model = args.iter().position(|a| a == "--model").and_then(|i| args.get(i + 1)).map(PathBuf::from);
+            let sessions = !args.iter().any(|a| a == "--no-sessions");
+            locomo(Path::new(dir), model.as_deref(), sessions, json)
         }
         Some("sandbox-cost") => {
             let other =
@@ -284,9 +287,20 @@ fn run(bin: &Path, home: &Path, args: &[&str], pass: bool) -> Duration {
 /// A fresh home under /tmp, initialised and unlocked by `bin`, with a client
 /// of its storer. The directory goes away when the returned guard drops.
 fn unlocked_store(bin: &Path) -> (tempfile::TempDir, PathBuf, Client) {
+    unlocked_store_with(bin, None)
+}
+
+/// [`unlocked_store`] with the embedding model in `model` (a directory with
+/// `weights.safetensors` and `tokenizer.json`) installed before unlock.
+fn unlocked_store_with(bin: &Path, model: Option<&Path>) -> (tempfile::TempDir, PathBuf, Client) {
     let dir = tempfile::Builder::new().prefix("iai-bench").tempdir_in("/tmp").expect("tempdir");
     let home = dir.path().join("h");
     run(bin, &home, &["init"], true);
+    if let Some(m) = model {
+        let (w, t) = (m.join("weights.safetensors"), m.join("tokenizer.json"));
+        let (w, t) = (w.to_str().expect("utf-8 path"), t.to_str().expect("utf-8 path"));
+        run(bin, &home, &["model", "install", w, t], false);
+    }
     run(bin, &home, &["unlock"], true);
     let client = Client::connect(&iai_policy::Home::new(home.clone()).expect("home")).expect("connect");
     (dir, home, client)
@@ -483,9 +497,9 @@ fn rss_mib(pid: u32) -> f64 {
 }
 
 /// `keep`: leave the (locked) store behind for profiling, and say where.
-fn store(records: usize, queries: usize, corpus: &Corpus, json: bool, keep: bool) {
+fn store(records: usize, queries: usize, corpus: &Corpus, model: Option<&Path>, json: bool, keep: bool) {
     let bin = iai_bin();
-    let (dir, home, mut client) = unlocked_store(&bin);
+    let (dir, home, mut client) = unlocked_store_with(&bin, model);
     if keep {
         eprintln!("keeping the store: IAI_MCP_HOME={} (passphrase {PASS:?})", home.display());
         let _ = dir.keep();
@@ -575,6 +589,7 @@ fn store(records: usize, queries: usize, corpus: &Corpus, json: bool, keep: bool
         let s = |x: &Summary| serde_json::json!({"p50_us": x.p50, "p95_us": x.p95, "p99_us": x.p99, "n": x.n});
         let v = serde_json::json!({
             "records": records, "corpus": corpus.name(), "text_mb": text_bytes as f64 / 1e6,
+            "model": model.is_some(),
             "capture": s(&c), "captures_per_s": sustained, "recall": s(&r),
             "recall_hits_mean": hits as f64 / queries.max(1) as f64,
             "unlock_total": s(&u), "argon2": s(&a), "unlock_minus_argon2_p50_ms": (u.p50 - a.p50) / 1e3,
@@ -589,9 +604,10 @@ fn store(records: usize, queries: usize, corpus: &Corpus, json: bool, keep: bool
         return;
     }
     println!(
-        "store of {records} records, {} corpus, {:.1} MB of text (real keyholder + storer, durable captures)",
+        "store of {records} records, {} corpus, {:.1} MB of text (real keyholder + storer, durable captures), {}",
         corpus.name(),
-        text_bytes as f64 / 1e6
+        text_bytes as f64 / 1e6,
+        if model.is_some() { "with the embedding model" } else { "no embedding model" }
     );
     println!("{:<28} {:>10} {:>10} {:>10} {:>8}", "", "p50", "p95", "p99", "n");
     for (name, s) in [("capture latency (µs)", &c), ("recall latency (µs)", &r)] {
@@ -852,7 +868,7 @@ impl Score {
 /// fresh store per conversation, every turn captured in order as
 /// "<speaker>: <text>" (plus the image caption) at its session's date, each
 /// question of category 1-4 with evidence recalled by its text.
-fn locomo(dir: &Path, json: bool) {
+fn locomo(dir: &Path, model: Option<&Path>, with_sessions: bool, json: bool) {
     let bin = iai_bin();
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| die(&format!("{}: {e}", dir.display())))
@@ -874,7 +890,7 @@ fn locomo(dir: &Path, json: bool) {
         }
         let conv: serde_json::Value = serde_json::from_slice(&std::fs::read(file).expect("read conversation"))
             .unwrap_or_else(|e| die(&format!("{}: {e}", file.display())));
-        let (_tmp, home, mut client) = unlocked_store(&bin);
+        let (_tmp, home, mut client) = unlocked_store_with(&bin, model);
         let mut id_to_dia: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
         let obj = conv.as_object().expect("conversation object");
         let mut sessions: Vec<usize> = obj.keys().filter_map(|k| k.strip_prefix("session_")?.parse().ok()).collect();
@@ -893,7 +909,7 @@ fn locomo(dir: &Path, json: bool) {
                 }
                 items.push(CaptureRequest {
                     text,
-                    session: Some(format!("{name}/session_{s}")),
+                    session: with_sessions.then(|| format!("{name}/session_{s}")),
                     created_at: at,
                     ..Default::default()
                 });
@@ -947,6 +963,7 @@ fn locomo(dir: &Path, json: bool) {
     }
     if json {
         let v = serde_json::json!({
+            "model": model.is_some(), "sessions": with_sessions,
             "overall": total.json(),
             "per_category": (1..=4).map(|c| (c.to_string(), per_cat[c].json())).collect::<serde_json::Map<_, _>>(),
             "per_conversation": rows.iter().map(|(n, s)| (n.clone(), s.json())).collect::<serde_json::Map<_, _>>(),
@@ -954,7 +971,12 @@ fn locomo(dir: &Path, json: bool) {
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
         return;
     }
-    println!("LoCoMo recall quality ({} conversations)", rows.len());
+    println!(
+        "LoCoMo recall quality ({} conversations; {}, {})",
+        rows.len(),
+        if model.is_some() { "with the embedding model" } else { "no embedding model" },
+        if with_sessions { "session ids passed" } else { "no session ids" }
+    );
     println!("{:<14} {:>5} {:>7} {:>7} {:>9} {:>9}", "", "n", "hit@5", "hit@10", "recall@5", "recall@10");
     println!("{}", total.row("overall"));
     for (c, s) in per_cat.iter().enumerate().skip(1) {

@@ -108,6 +108,15 @@ const LAYOUT: &[Rule] = &[
     Rule { rel: "run/iai-mcp.pid", kind: Kind::File, mode: Mode::Private, required: false, single_link: false },
     Rule { rel: "run/iai-mcp.sock", kind: Kind::Socket, mode: Mode::Private, required: false, single_link: false },
     Rule { rel: "run/daemon.log", kind: Kind::File, mode: Mode::Private, required: false, single_link: false },
+    Rule { rel: "model", kind: Kind::Dir, mode: Mode::Exact(0o700), required: false, single_link: false },
+    Rule {
+        rel: "model/weights.safetensors",
+        kind: Kind::File,
+        mode: Mode::Private,
+        required: false,
+        single_link: false,
+    },
+    Rule { rel: "model/tokenizer.json", kind: Kind::File, mode: Mode::Private, required: false, single_link: false },
     Rule { rel: "run/hooks.log", kind: Kind::File, mode: Mode::Private, required: false, single_link: false },
 ];
 

@@ -17,6 +17,7 @@ pub mod client;
 pub mod connector;
 pub mod daemon;
 pub mod db;
+pub mod embed;
 pub mod index;
 pub mod limits;
 pub mod proto;

@@ -662,6 +662,15 @@ pub struct IndexStats {
     /// Why the last attempt to write one failed (the next unlock takes longer).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_error: Option<String>,
+    /// The embedding model in use for semantic recall (none: BM25 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<crate::embed::ModelInfo>,
+    /// Why the installed model is not in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_error: Option<String>,
+    /// Live memories without a vector yet (made at the next unlock).
+    #[serde(default)]
+    pub missing_vectors: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -31,13 +31,20 @@ def check_store(path, corpus):
 check_store(sys.argv[1], "synthetic")
 check_store(sys.argv[3], "realistic")
 
-locomo = json.load(open(sys.argv[2]))
-rows = [locomo["overall"], *locomo["per_category"].values(), *locomo["per_conversation"].values()]
-for row in rows:
-    assert row["questions"] >= 0
-    for k in ("hit@5", "hit@10", "recall@5", "recall@10"):
-        assert 0.0 <= number(row[k], k) <= 1.0, row
-    assert row["hit@5"] <= row["hit@10"] and row["recall@5"] <= row["recall@10"], row
-assert locomo["overall"]["questions"] > 0
-assert set(locomo["per_category"]) == {"1", "2", "3", "4"}
-print("3 passed, 0 failed")
+
+def check_locomo(path, model, sessions):
+    locomo = json.load(open(path))
+    assert locomo["model"] is model and locomo["sessions"] is sessions, (path, locomo.get("model"))
+    rows = [locomo["overall"], *locomo["per_category"].values(), *locomo["per_conversation"].values()]
+    for row in rows:
+        assert row["questions"] >= 0
+        for k in ("hit@5", "hit@10", "recall@5", "recall@10"):
+            assert 0.0 <= number(row[k], k) <= 1.0, row
+        assert row["hit@5"] <= row["hit@10"] and row["recall@5"] <= row["recall@10"], row
+    assert locomo["overall"]["questions"] > 0
+    assert set(locomo["per_category"]) == {"1", "2", "3", "4"}
+
+
+check_locomo(sys.argv[2], False, True)
+check_locomo(sys.argv[4], True, False)
+print("4 passed, 0 failed")

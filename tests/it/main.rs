@@ -18,6 +18,7 @@ mod plaintext;
 mod protocol;
 mod rotate;
 mod secrets;
+mod semantic;
 mod snapshot;
 mod support;
 mod uid;

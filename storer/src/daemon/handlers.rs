@@ -572,6 +572,9 @@ pub(super) fn stats(st: &mut State) -> Result<Stats, ErrorBody> {
             snapshot_bytes: st.snap.bytes,
             snapshot_off: snapshot::why_not(st).map(str::to_string),
             snapshot_error: st.snap.error.clone(),
+            model: st.index.model().map(|m| m.info()),
+            model_error: st.model_error.clone(),
+            missing_vectors: st.index.missing_vectors(),
         },
     })
 }

@@ -60,6 +60,9 @@ pub(super) fn run(st: &mut State) -> Result<(), ErrorBody> {
         info.checked = pass.finish(st);
     }
     st.index.tokenizer().forget_stems();
+    if let Some(m) = st.index.model() {
+        m.forget_words();
+    }
     crate::sys::give_back_free_memory();
     info.millis = started.elapsed().as_millis() as u64;
     iai_policy::log!(
@@ -76,7 +79,9 @@ pub(super) fn run(st: &mut State) -> Result<(), ErrorBody> {
 /// A snapshot that cannot be used: said in the log, and the index is rebuilt.
 fn refused(st: &mut State, info: &mut LoadInfo, why: String) {
     iai_policy::log!("storer: the index snapshot was not used ({why}); rebuilding the index from every record");
+    let model = st.index.take_model();
     st.index = Index::default();
+    st.index.set_model(model);
     st.trail = Trail::default();
     st.snap.written_at = None;
     info.snapshot_refused = Some(why);
@@ -138,7 +143,10 @@ fn from_snapshot(st: &mut State, parts: snapshot::Parts) -> Result<Result<u64, S
 
     // From here on the snapshot is the index and trail; what follows is
     // checked exactly as a full load would check it.
+    let model = st.index.take_model();
     st.index = snap.index;
+    // Vectors another model made (or none) are made again below.
+    st.index.set_model(model);
     st.trail.events = snap.events;
     st.trail.last = snap.last;
     st.trail.digest = digest;
@@ -161,7 +169,7 @@ fn from_snapshot(st: &mut State, parts: snapshot::Parts) -> Result<Result<u64, S
         if let Some((id, check)) = row {
             seen.insert(id);
             // The bytes that passed before, and no newer event names it.
-            if !touched.contains(&id) && st.index.check(&id) == Some(check) {
+            if !touched.contains(&id) && st.index.check(&id) == Some(check) && !st.index.needs_vector(&id) {
                 pass.unseen.remove(&id);
                 continue;
             }
@@ -381,6 +389,9 @@ impl Pass {
                         Some(c) if c.body == digests.body => {
                             cx.index.set_state(&row.id, state.reinforced, None);
                             cx.index.set_check(&row.id, |c| *c = digests);
+                            if cx.index.needs_vector(&row.id) {
+                                cx.index.make_vector(&row.id, &body.searchable());
+                            }
                         }
                         Some(_) => {
                             self.drop.insert(row.id);

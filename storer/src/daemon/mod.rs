@@ -131,6 +131,9 @@ struct State {
     load: load::LoadInfo,
     /// The index snapshot's bookkeeping.
     snap: snapshot::Book,
+    /// Why the installed embedding model could not be loaded (recall then
+    /// works without it, and `status` says so).
+    model_error: Option<String>,
 }
 
 struct Fail {
@@ -217,6 +220,14 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
     // Plaintext lives here while unlocked: keep it out of swap where the
     // memlock limit allows (status says when it does not).
     let memory_locked = iai_policy::swap::lock_all_memory();
+    // The embedding model is read before the sandbox closes the home to us.
+    let (model, model_error) = match crate::embed::Model::installed(&crate::embed::model_dir(&home)) {
+        Ok(m) => (m, None),
+        Err(why) => {
+            iai_policy::log!("storer: the embedding model was not loaded ({why}); recall works without it");
+            (None, Some(why))
+        }
+    };
     let keep = [kh_stream.as_raw_fd(), listener.as_raw_fd(), pid_lock.as_raw_fd(), devnull.as_raw_fd()];
     let applied = iai_policy::apply(&Sandbox::storer(&home), &keep, opts).map_err(|e| fail("sandbox", e))?;
 
@@ -242,7 +253,9 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
         rotation: None,
         load: load::LoadInfo::default(),
         snap: snapshot::Book::default(),
+        model_error,
     };
+    state.index.set_model(model.map(Box::new));
     if state.db.version().map_err(|e| fail("storer", format!("cannot read the database: {e}")))? == 1 {
         upgrade::run(&mut state).map_err(|e| fail("storer", format!("upgrading the store: {}", e.message)))?;
     }
