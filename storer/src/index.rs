@@ -229,17 +229,25 @@ impl Vectors {
     fn ranked(&self, cue: &str, depth: usize, keep: impl Fn(u32) -> bool) -> Option<Vec<(u32, f32)>> {
         let q = self.model.as_ref()?.embed(cue)?;
         let qn = embed::norm(&q);
-        let mut hits: Vec<(f32, u32)> = Vec::new();
+        let by = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
+        let mut hits: Vec<(f32, u32)> = Vec::with_capacity(2 * depth);
+        // Raised to the depth-th best so far whenever the list is full, so
+        // most memories cost only their dot product.
+        let mut floor = MIN_COSINE;
         for (slot, (row, &n)) in self.rows.chunks_exact(self.dim).zip(&self.norms).enumerate() {
             if n <= 0.0 {
                 continue;
             }
             let c = embed::cosine(&q, row, qn, n);
-            if c >= MIN_COSINE && keep(slot as u32) {
+            if c >= floor && keep(slot as u32) {
                 hits.push((c, slot as u32));
+                if hits.len() == 2 * depth {
+                    hits.select_nth_unstable_by(depth - 1, by);
+                    hits.truncate(depth);
+                    floor = hits[depth - 1].0;
+                }
             }
         }
-        let by = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(b.1.cmp(&a.1));
         if hits.len() > depth {
             hits.select_nth_unstable_by(depth - 1, by);
             hits.truncate(depth);

@@ -208,7 +208,9 @@ async fn results_respect_the_token_budget_and_page_with_a_cursor() {
     let h = TestHome::init_unlocked();
     let s = connect(&h, true).await;
     let big = format!("bigmemory {}", "lorem ipsum dolor ".repeat(12_000));
-    ok(&call(&s, "memory_capture", json!({"text": big})).await);
+    // In a session of its own: a turn captured next to the matches would be
+    // lifted by them (neighbouring turns) and paged with them.
+    ok(&call(&s, "memory_capture", json!({"text": big, "session_id": "elsewhere"})).await);
     for i in 0..30 {
         ok(&call(&s, "memory_capture", json!({"text": format!("pagetest item number {i} with some words")})).await);
     }

@@ -60,9 +60,6 @@ pub(super) fn run(st: &mut State) -> Result<(), ErrorBody> {
         info.checked = pass.finish(st);
     }
     st.index.tokenizer().forget_stems();
-    if let Some(m) = st.index.model() {
-        m.forget_words();
-    }
     crate::sys::give_back_free_memory();
     info.millis = started.elapsed().as_millis() as u64;
     iai_policy::log!(
