@@ -1,8 +1,8 @@
 //! `iai-mcp model`: installs the embedding model semantic recall uses, from
 //! files the user already has (nothing is ever downloaded). The files are
 //! checked as the storer will read them, then copied into the home's
-//! `model/` directory, private to the user; the storer loads them at the
-//! next unlock, before its sandbox closes.
+//! `model/` directory, private to the user; the storer reads them at the
+//! next unlock before its sandbox closes, and parses them inside it.
 
 use std::fs::{DirBuilder, File};
 use std::io::Write;

@@ -114,14 +114,14 @@ impl Model {
 
     /// The model installed in `dir`, if any (`Ok(None)`: none installed).
     pub fn installed(dir: &Path) -> Result<Option<Model>, String> {
-        let (w, t) = (dir.join(WEIGHTS_FILE), dir.join(TOKENIZER_FILE));
-        if !w.exists() && !t.exists() {
-            return Ok(None);
+        match read_installed(dir)? {
+            None => Ok(None),
+            Some(files) => files.parse().map(Some),
         }
-        Model::from_files(&w, &t).map(Some)
     }
 
     pub fn from_bytes(weights: &[u8], tokenizer: &[u8]) -> Result<Model, String> {
+        check_tokenizer_json(tokenizer)?;
         let tok = tokenizers::Tokenizer::from_bytes(tokenizer)
             .map_err(|e| format!("the tokenizer is not a Hugging Face tokenizer.json this build can read: {e}"))?;
         let st = safetensors::SafeTensors::deserialize(weights)
@@ -254,6 +254,32 @@ impl Model {
     }
 }
 
+/// What the `tokenizers` crate would panic on rather than refuse (found by
+/// `fuzz/src/bin/model_files.rs`): JSON that does not parse inside some
+/// fields (its decoder field is read with `expect`), and the `Precompiled`
+/// normalizer, whose binary char map is decoded with `expect`. Refused here
+/// first, with a reason; a static model's tokenizer never needs either.
+fn check_tokenizer_json(bytes: &[u8]) -> Result<(), String> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| format!("the tokenizer is not a Hugging Face tokenizer.json this build can read: {e}"))?;
+    let mut stack = vec![&v];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                if m.get("type").and_then(|t| t.as_str()) == Some("Precompiled") {
+                    return Err("the tokenizer uses a \"Precompiled\" normalizer (a SentencePiece char map), which \
+                                this build does not read"
+                        .into());
+                }
+                stack.extend(m.values());
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Unit-length `v` scaled so its largest component is ±127.
 fn quantise(v: &[f32]) -> Option<Vec<i8>> {
     let max = v.iter().fold(0f32, |m, x| m.max(x.abs()));
@@ -296,6 +322,30 @@ fn cut(s: &str, max: usize) -> &str {
         end -= 1;
     }
     &s[..end]
+}
+
+/// The installed model's files, read but not parsed: the storer reads them
+/// before its sandbox closes the home and parses them after, inside it.
+pub struct ModelFiles {
+    weights: Vec<u8>,
+    tokenizer: Vec<u8>,
+}
+
+impl ModelFiles {
+    pub fn parse(self) -> Result<Model, String> {
+        Model::from_bytes(&self.weights, &self.tokenizer)
+    }
+}
+
+/// The files of the model installed in `dir` (`Ok(None)`: none installed).
+pub fn read_installed(dir: &Path) -> Result<Option<ModelFiles>, String> {
+    let (w, t) = (dir.join(WEIGHTS_FILE), dir.join(TOKENIZER_FILE));
+    if !w.exists() && !t.exists() {
+        return Ok(None);
+    }
+    let weights = read_bounded(&w, MAX_WEIGHTS_BYTES, "weights")?;
+    let tokenizer = read_bounded(&t, MAX_TOKENIZER_BYTES, "tokenizer")?;
+    Ok(Some(ModelFiles { weights, tokenizer }))
 }
 
 fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
@@ -440,6 +490,14 @@ pub(crate) mod tests {
             let e = Model::from_bytes(&w, t).expect_err("refused");
             assert!(e.contains(want), "case {i}: {e}");
         }
+        // What the tokenizers crate would panic on (found by fuzzing) is refused first.
+        let bad_decoder = MINI_TOKENIZER.replace(r#""decoder":null"#, r#""decoder":eull"#);
+        let e = Model::from_bytes(&good, bad_decoder.as_bytes()).expect_err("refused");
+        assert!(e.contains("not a Hugging Face tokenizer.json"), "{e}");
+        let precompiled = MINI_TOKENIZER
+            .replace(r#""normalizer":null"#, r#""normalizer":{"type":"Precompiled","precompiled_charsmap":"AAAA"}"#);
+        let e = Model::from_bytes(&good, precompiled.as_bytes()).expect_err("refused");
+        assert!(e.contains("Precompiled"), "{e}");
         // All-zero vectors: nothing to rank with.
         let zero = st("F32", &[1000, 16], &vec![0u8; 1000 * 16 * 4]);
         assert!(Model::from_bytes(&zero, tok).expect_err("refused").contains("no usable vector"));

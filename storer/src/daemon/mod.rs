@@ -220,16 +220,18 @@ fn start(home: Home, keyholder_fd: i32, opts: Options) -> Result<(UnixListener, 
     // Plaintext lives here while unlocked: keep it out of swap where the
     // memlock limit allows (status says when it does not).
     let memory_locked = iai_policy::swap::lock_all_memory();
-    // The embedding model is read before the sandbox closes the home to us.
-    let (model, model_error) = match crate::embed::Model::installed(&crate::embed::model_dir(&home)) {
+    // The embedding model's files are read before the sandbox closes the
+    // home to us, and parsed (untrusted input) only once it is closed.
+    let model_files = crate::embed::read_installed(&crate::embed::model_dir(&home));
+    let keep = [kh_stream.as_raw_fd(), listener.as_raw_fd(), pid_lock.as_raw_fd(), devnull.as_raw_fd()];
+    let applied = iai_policy::apply(&Sandbox::storer(&home), &keep, opts).map_err(|e| fail("sandbox", e))?;
+    let (model, model_error) = match model_files.and_then(|f| f.map(|f| f.parse()).transpose()) {
         Ok(m) => (m, None),
         Err(why) => {
             iai_policy::log!("storer: the embedding model was not loaded ({why}); recall works without it");
             (None, Some(why))
         }
     };
-    let keep = [kh_stream.as_raw_fd(), listener.as_raw_fd(), pid_lock.as_raw_fd(), devnull.as_raw_fd()];
-    let applied = iai_policy::apply(&Sandbox::storer(&home), &keep, opts).map_err(|e| fail("sandbox", e))?;
 
     let db = Db::open(&home.db()).map_err(|e| fail("storer", format!("cannot open the database: {e}")))?;
     let counter = db.counter().map_err(|e| fail("storer", format!("cannot read the database: {e}")))?;
