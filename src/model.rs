@@ -19,8 +19,8 @@ pub fn install(home: &Home, weights: &Path, tokenizer: &Path) -> Result<()> {
         bail!("{} does not exist: run `iai-mcp init` first", home.root().display());
     }
     let started = Instant::now();
-    let wbytes = read(weights, embed::MAX_WEIGHTS_BYTES, "weights")?;
-    let tbytes = read(tokenizer, embed::MAX_TOKENIZER_BYTES, "tokenizer")?;
+    let wbytes = embed::read_bounded(weights, embed::MAX_WEIGHTS_BYTES, "weights").map_err(anyhow::Error::msg)?;
+    let tbytes = embed::read_bounded(tokenizer, embed::MAX_TOKENIZER_BYTES, "tokenizer").map_err(anyhow::Error::msg)?;
     let model = Model::from_bytes(&wbytes, &tbytes).map_err(|why| {
         anyhow::anyhow!("{} and {} are not a model iai-mcp can use: {why}", weights.display(), tokenizer.display())
     })?;
@@ -95,15 +95,4 @@ pub fn status(home: &Home) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn read(path: &Path, max: u64, what: &str) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read the {what} file {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("{} is not a regular file", path.display());
-    }
-    if meta.len() > max {
-        bail!("the {what} file {} is {} MB; at most {} MB is accepted", path.display(), meta.len() >> 20, max >> 20);
-    }
-    std::fs::read(path).with_context(|| format!("cannot read the {what} file {}", path.display()))
 }

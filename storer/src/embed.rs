@@ -348,13 +348,21 @@ pub fn read_installed(dir: &Path) -> Result<Option<ModelFiles>, String> {
     Ok(Some(ModelFiles { weights, tokenizer }))
 }
 
-fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
+/// A model file, at most `max` bytes. Opened without blocking, so a FIFO or
+/// device put in its place is refused instead of hanging unlock or install.
+pub fn read_bounded(path: &Path, max: u64, what: &str) -> Result<Vec<u8>, String> {
     use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| format!("cannot open the {what} file {}: {e}", path.display()))?;
-    let len = f.metadata().map_err(|e| format!("cannot inspect {}: {e}", path.display()))?.len();
-    if !f.metadata().is_ok_and(|m| m.is_file()) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read the {what} file {}: {e}", path.display()))?;
+    let meta = f.metadata().map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+    if !meta.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
     }
+    let len = meta.len();
     if len > max {
         return Err(format!(
             "the {what} file {} is {} MB; at most {} MB is accepted",

@@ -254,6 +254,8 @@ fn model_install_refuses_bad_files_and_a_broken_install_is_reported() {
     std::fs::write(&junk, b"this is not a model").expect("write");
     let big = outside.join("big.safetensors");
     std::fs::File::create(&big).and_then(|f| f.set_len(700 << 20)).expect("sparse file");
+    let fifo = outside.join("fifo.safetensors");
+    assert_ok(&std::process::Command::new("mkfifo").arg(&fifo).output().expect("mkfifo"), "mkfifo");
     let tok = dir.join("tokenizer.json");
     let weights = dir.join("weights.safetensors");
     let p = |p: &std::path::Path| p.to_str().expect("path").to_string();
@@ -263,6 +265,7 @@ fn model_install_refuses_bad_files_and_a_broken_install_is_reported() {
         (p(&weights), p(&junk), "not a Hugging Face tokenizer.json"),
         (p(&big), p(&tok), "at most 600 MB"),
         (p(&h.root), p(&tok), "is not a regular file"),
+        (p(&fifo), p(&tok), "is not a regular file"),
     ] {
         let out = h.run(&["model", "install", &w, &t]);
         assert!(!out.status.success(), "{w} {t}");
@@ -298,4 +301,18 @@ fn model_install_refuses_bad_files_and_a_broken_install_is_reported() {
     assert_eq!(hits(&mut h.client(), "dog beach").first().map(|x| &x.0), Some(&ids[0]));
     let out = h.run(&["model", "status"]);
     assert!(!out.status.success() && stderr(&out).contains("cannot be used"), "{}", stderr(&out));
+
+    // A FIFO in the model's place would block a plain open forever: the
+    // home check refuses it before anything starts, and says what to do.
+    lock(&h);
+    let tok_file = h.root.join("model/tokenizer.json");
+    std::fs::remove_file(&tok_file).expect("rm");
+    assert_ok(&std::process::Command::new("mkfifo").arg(&tok_file).output().expect("mkfifo"), "mkfifo");
+    let out = h.run_with_pass(&["unlock"], crate::support::PASS);
+    assert!(!out.status.success(), "unlock must refuse");
+    assert!(stderr(&out).contains("tokenizer.json is a FIFO") && stderr(&out).contains("fix:"), "{}", stderr(&out));
+    assert_eq!(h.status()["state"], "locked");
+    std::fs::remove_file(&tok_file).expect("rm");
+    h.unlock();
+    assert!(index(&h)["model_error"].as_str().is_some_and(|e| e.contains("cannot read the tokenizer file")));
 }
