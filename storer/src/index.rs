@@ -182,27 +182,15 @@ struct Vectors {
 }
 
 impl Vectors {
+    /// The next slot's vector: made now with a model, else left to be made.
     fn add(&mut self, text: &str) {
         if self.dim == 0 {
             return;
         }
-        let v = self.model.as_ref().map(|m| m.embed(text));
-        self.push(v);
-    }
-
-    /// `None`: no model to make it with (still to be made); `Some(None)`:
-    /// nothing in the text to embed.
-    fn push(&mut self, v: Option<Option<Vec<i8>>>) {
-        match v {
-            Some(Some(v)) => {
-                self.norms.push(embed::norm(&v));
-                self.rows.extend_from_slice(&v);
-            }
-            other => {
-                self.norms.push(if other.is_none() { -1.0 } else { 0.0 });
-                self.rows.resize(self.rows.len() + self.dim, 0);
-            }
-        }
+        let slot = self.norms.len() as u32;
+        self.norms.push(-1.0);
+        self.rows.resize(self.rows.len() + self.dim, 0);
+        self.set(slot, text);
     }
 
     fn clear(&mut self, slot: u32) {
