@@ -800,32 +800,8 @@ fn locomo_date(s: &str) -> Option<i64> {
         "am" if h == 12 => h = 0,
         _ => {}
     }
-    let parts: Vec<&str> = date.split([' ', ',']).filter(|p| !p.is_empty()).collect();
-    let [day, month, year] = parts[..] else { return None };
-    const MONTHS: [&str; 12] = [
-        "january",
-        "february",
-        "march",
-        "april",
-        "may",
-        "june",
-        "july",
-        "august",
-        "september",
-        "october",
-        "november",
-        "december",
-    ];
-    let month = MONTHS.iter().position(|mn| mn.starts_with(&month.to_ascii_lowercase()))? as i64 + 1;
-    let (y, d): (i64, i64) = (year.parse().ok()?, day.parse().ok()?);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if month <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    // The day as a recall cue's date is read (storer/src/cue.rs).
+    let [days] = iai_storer::cue::days(date)[..] else { return None };
     Some(((days * 24 + h) * 60 + m) * 60_000)
 }
 

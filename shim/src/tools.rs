@@ -68,7 +68,8 @@ pub struct CaptureOutput {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecallParams {
-    /// What to look for: words, a name, a question.
+    /// What to look for: words, a name, a question. A date in it ("3 June
+    /// 2023", "June 3, 2023", "2023-06-03") favours memories from that day.
     pub cue: String,
     /// Most memories to return (1-50, default 10).
     pub limit: Option<u32>,

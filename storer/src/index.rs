@@ -5,19 +5,24 @@
 //!
 //! Tokens are UAX #29 words (so every script segments), lower-cased, with
 //! English Snowball stemming for ASCII words and a short stop-word list.
-//! Ranking is Okapi BM25 (k1 = 1.2, b = 0.75) scaled by recency (half-life
+//! Ranking is Okapi BM25 (k1 = 0.9, b = 0.4) scaled by recency (half-life
 //! 30 days) and by reinforcement.
 
 use std::collections::{HashMap, HashSet};
 
 use rust_stemmers::{Algorithm, Stemmer};
 
+use crate::cue;
 use crate::embed::{self, Model};
 use serde::{Deserialize, Serialize};
 use unicode_segmentation::UnicodeSegmentation;
 
-const K1: f64 = 1.2;
-const B: f64 = 0.75;
+/// BM25's term-frequency saturation and length normalisation: the values
+/// Anserini uses for collections of short passages (MS MARCO), which memories
+/// are; Lucene's k1 1.2, b 0.75 are meant for whole documents (LoCoMo dev,
+/// hit@10: 0.800 with those, 0.807 with these; BENCHMARKS.md).
+const K1: f64 = 0.9;
+const B: f64 = 0.4;
 const RECENCY_HALF_LIFE_DAYS: f64 = 30.0;
 const RECENCY_WEIGHT: f64 = 0.15;
 const REINFORCE_WEIGHT: f64 = 0.1;
@@ -134,10 +139,18 @@ pub struct Check {
     pub state: [u8; 16],
 }
 
-/// A turn's relevance spills onto its neighbours in the same session with
-/// this weight: the answer to a question often sits next to the turn that
-/// names its topic.
+/// A turn's relevance spills onto its neighbours in the same session (up to
+/// [`NEIGHBOUR_REACH`] turns before and after it) with this weight: the
+/// answer to a question often sits a turn or two from the one that names its
+/// topic (a question, a reply, the follow-up).
 const NEIGHBOUR_WEIGHT: f64 = 0.3;
+const NEIGHBOUR_REACH: usize = 2;
+
+/// A cue that names a calendar day ("on 3 June 2023", `cue.rs`) multiplies
+/// the relevance of memories created within [`DATE_SLACK_DAYS`] of it by
+/// this factor (the slack absorbs time zones: days are UTC).
+const DATE_FACTOR: f32 = 2.0;
+const DATE_SLACK_DAYS: i64 = 1;
 
 /// Filters a recall applies before ranking.
 #[derive(Clone, Debug, Default)]
@@ -157,7 +170,8 @@ const SUPERSEDED_FACTOR: f64 = 0.5;
 
 /// With a model, each list's best [`FUSION_DEPTH`] records are fused: a
 /// record's relevance is its BM25 score over the best BM25 score, plus
-/// [`SEMANTIC_WEIGHT`] times its cosine over the best cosine. Words stay the
+/// [`SEMANTIC_WEIGHT`] times its cosine's height above [`MIN_COSINE`] over
+/// the best cosine's. Words stay the
 /// main evidence (a static model alone ranks LoCoMo's evidence far below
 /// BM25: hit@10 0.47 against 0.68); meaning lifts what they miss, and a cue
 /// that shares no word with a memory still finds it. BENCHMARKS.md has the
@@ -813,30 +827,52 @@ impl Index {
                 acc[slot as usize] = 0.0;
             }
             touched.clear();
-            for (weight, list) in [(1.0, lexical), (SEMANTIC_WEIGHT, semantic)] {
-                let best = list.first().map_or(1.0, |l| l.1).max(f32::MIN_POSITIVE);
+            // Each list on a scale of 0 to 1: BM25 over the best BM25, the
+            // cosine by how far it is above unrelated (MIN_COSINE) compared
+            // with the best.
+            for (weight, floor, list) in [(1.0, 0.0, lexical), (SEMANTIC_WEIGHT, MIN_COSINE, semantic)] {
+                let best = list.first().map_or(1.0, |l| l.1 - floor).max(f32::MIN_POSITIVE);
                 for (slot, score) in list {
+                    let s = weight * (score - floor) / best;
+                    if s <= 0.0 {
+                        continue;
+                    }
                     let a = &mut acc[slot as usize];
                     if *a == 0.0 {
                         touched.push(slot);
                     }
-                    *a += weight * score / best;
+                    *a += s;
+                }
+            }
+        }
+        let named = cue::days(cue);
+        if !named.is_empty() {
+            for &slot in &touched {
+                let day = self.docs[slot as usize].meta.created_at.div_euclid(86_400_000);
+                if named.iter().any(|n| (day - n).abs() <= DATE_SLACK_DAYS) {
+                    acc[slot as usize] *= DATE_FACTOR;
                 }
             }
         }
         let mut spread = vec![0f32; self.docs.len()];
-        let mut reached: Vec<u32> = Vec::with_capacity(touched.len() * 2);
+        let mut reached: Vec<u32> = Vec::with_capacity(touched.len() * (1 + 2 * NEIGHBOUR_REACH));
+        let mut reach = |t: u32, w: f32| {
+            let v = &mut spread[t as usize];
+            if *v == 0.0 {
+                reached.push(t);
+            }
+            *v += w;
+        };
         for &slot in &touched {
             let s = acc[slot as usize];
+            reach(slot, s);
             let d = &self.docs[slot as usize];
-            for (target, w) in [(Some(slot), 1.0), (d.prev, NEIGHBOUR_WEIGHT as f32), (d.next, NEIGHBOUR_WEIGHT as f32)]
-            {
-                if let Some(t) = target {
-                    let v = &mut spread[t as usize];
-                    if *v == 0.0 {
-                        reached.push(t);
-                    }
-                    *v += w * s;
+            for (mut at, step) in [(d.prev, true), (d.next, false)] {
+                for _ in 0..NEIGHBOUR_REACH {
+                    let Some(t) = at else { break };
+                    reach(t, NEIGHBOUR_WEIGHT as f32 * s);
+                    let n = &self.docs[t as usize];
+                    at = if step { n.prev } else { n.next };
                 }
             }
         }
@@ -1055,11 +1091,37 @@ mod tests {
         turn(2, "we moved there in spring", "s2");
         turn(3, "Lisbon, finally", "s1");
         turn(4, "unrelated chatter", "s1");
+        turn(5, "more unrelated chatter", "s1");
         let hits = ix.search("city move", 0, 10, &Filter::default(), 0).0;
         let ids: Vec<u8> = hits.iter().map(|(m, _)| m.id[0]).collect();
         assert_eq!(ids[0], 1);
         assert!(ids.contains(&3), "the answer next to the question in its session is found: {ids:?}");
-        assert!(!ids.contains(&4), "only direct neighbours");
+        assert!(ids.contains(&4), "two turns on is still context: {ids:?}");
+        assert!(!ids.contains(&5), "three turns on is not: {ids:?}");
+    }
+
+    #[test]
+    fn a_named_day_lifts_its_memories_and_the_day_either_side_only() {
+        const DAY: i64 = 86_400_000;
+        let mut ix = Index::default();
+        // Noon UTC of 2023-06-01..05 (2023-06-03 is day 19,511); `meta`
+        // gives each a session of its own, so no neighbour lifts another.
+        for n in 1..=5u8 {
+            ix.add(meta(n, (19_508 + i64::from(n)) * DAY + DAY / 2), "release train notes");
+        }
+        let f = Filter::default();
+        let now = 19_520 * DAY;
+        let plain = ix.search("release train", 0, 10, &f, now).0;
+        for cue in ["release train on 3 June 2023", "release train 2023-06-03"] {
+            let dated = ix.search(cue, 0, 10, &f, now).0;
+            assert_eq!(dated.len(), 5, "a date favours, it does not filter");
+            let by_id = |h: &[(DocMeta, f64)], id: u8| h.iter().find(|x| x.0.id[0] == id).expect("found").1;
+            for id in 1..=5u8 {
+                let ratio = by_id(&dated, id) / by_id(&plain, id);
+                let expect = if (2..=4).contains(&id) { f64::from(DATE_FACTOR) } else { 1.0 };
+                assert!((ratio - expect).abs() < 1e-6, "{cue}: record {id}: {ratio}");
+            }
+        }
     }
 
     #[test]
@@ -1249,7 +1311,7 @@ mod tests {
         ix.remove(&[2; 16], "the invoice number is 4411");
         ix.add(plain(5), "invoice again");
         let ids: Vec<u8> = ranking(&ix, "invoice", &Filter::default()).iter().map(|h| h.0[0]).collect();
-        assert_eq!(ids, vec![5, 3]);
+        assert_eq!(ids, vec![5, 3, 1], "one and two records back");
     }
 
     #[test]

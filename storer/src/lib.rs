@@ -15,6 +15,7 @@
 
 pub mod client;
 pub mod connector;
+pub mod cue;
 pub mod daemon;
 pub mod db;
 pub mod embed;

@@ -177,6 +177,69 @@ async fn reinforcement_changes_the_ranking() {
     s.cancel().await.expect("close");
 }
 
+/// Three memories on one topic from three days of the last fortnight
+/// (captured through the CLI's `--at`, as an import would): a cue naming a
+/// day, in any of the forms people write, brings that day's memory first; a
+/// day nobody wrote about, or an impossible date, changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_date_in_the_cue_favours_memories_from_that_day() {
+    const DAY: u64 = 86_400;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs();
+    // Noon UTC of the day `back` days ago.
+    let noon = |back: u64| std::time::UNIX_EPOCH + std::time::Duration::from_secs((now / DAY - back) * DAY + DAY / 2);
+    let h = TestHome::init_unlocked();
+    let mut ids = Vec::new();
+    for (back, text) in [
+        (10, "standup notes: the release train slipped"),
+        (9, "standup notes: the release train is on time"),
+        (3, "standup notes: the release train left"),
+    ] {
+        let out = h.run(&["capture", "--at", &humantime::format_rfc3339_seconds(noon(back)).to_string(), text]);
+        assert_ok(&out, "capture --at");
+        ids.push(String::from_utf8_lossy(&out.stdout).split_whitespace().next().expect("id").to_string());
+    }
+    let iso = humantime::format_rfc3339_seconds(noon(9)).to_string()[..10].to_string();
+    let (year, month, day) = (&iso[..4], iso[5..7].parse::<usize>().expect("month"), iso[8..].trim_start_matches('0'));
+    let month = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ][month - 1];
+
+    let s = connect(&h, true).await;
+    let order = |r: Value| -> Vec<String> {
+        r["memories"].as_array().expect("memories").iter().map(|m| m["id"].as_str().expect("id").to_string()).collect()
+    };
+    let plain = order(ok(&call(&s, "memory_recall", json!({"cue": "standup release train"})).await));
+    assert_eq!(plain.len(), 3);
+    assert_eq!(plain[0], ids[2], "without a date the newest comes first: {plain:?}");
+    for cue in [
+        format!("what did the standup say about the release train on {day} {month} {year}?"),
+        format!("release train standup, {month} {day}, {year}"),
+        format!("release train standup {iso}"),
+    ] {
+        let got = order(ok(&call(&s, "memory_recall", json!({"cue": cue})).await));
+        assert_eq!(got.len(), 3, "{cue}: a date favours, it does not filter");
+        // The day named and the day before it (one day of slack for time
+        // zones) both outrank the newest.
+        assert_eq!(&got[..], &[ids[1].clone(), ids[0].clone(), ids[2].clone()], "{cue}");
+    }
+    for cue in ["standup release train 20 June 1999".to_string(), format!("standup release train 31 February {year}")] {
+        let got = order(ok(&call(&s, "memory_recall", json!({"cue": cue})).await));
+        assert_eq!(got, plain, "{cue}: no memory from that day, the ranking is the plain one");
+    }
+    s.cancel().await.expect("close");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_memories_come_back_neutralised_and_framed_but_stored_verbatim() {
     let h = TestHome::init_unlocked();
