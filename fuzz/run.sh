@@ -17,7 +17,7 @@ export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 AF
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 passed=0; failed=0
-for target in keyholder_request keyholder_response keyfile client_request transcript_line settings_merge model_files; do
+for target in keyholder_request keyholder_response keyfile client_request transcript_line settings_merge model_files recall_cue; do
   timeout $((seconds + 60)) cargo afl fuzz -i "corpus/$target" -o "$out/$target" -V "$seconds" \
     "target/release/$target" >"$out/$target.log" 2>&1 || true
   stats="$out/$target/default/fuzzer_stats"
