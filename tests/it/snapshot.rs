@@ -151,6 +151,27 @@ fn unlock_loads_the_snapshot_and_recall_is_the_same_as_after_a_rebuild() {
     assert_eq!(answers(&mut h.client()), rebuilt, "recall from the snapshot equals recall after a rebuild");
     let text = String::from_utf8_lossy(&h.run(&["status"]).stdout).to_string();
     assert!(text.contains("index: loaded from its sealed snapshot"), "{text}");
+
+    // Nothing but unlocks since: locking does not write the same snapshot
+    // again (the unlocks' events are read from the file at the next unlock).
+    let before = parts(&h);
+    assert_ok(&h.run(&["lock"]), "lock");
+    assert!(parts(&h) == before, "an unchanged snapshot is not rewritten");
+    h.unlock();
+    let s = h.status();
+    assert_eq!((index(&s)["from_snapshot"].clone(), index(&s)["checked"].clone()), (true.into(), 0.into()), "{s:#}");
+    assert_eq!(answers(&mut h.client()), rebuilt);
+    // One capture is a change: the next lock writes a new snapshot, and the
+    // unlock after it loads that one with nothing to unseal.
+    let mut c = h.client();
+    c.capture(CaptureRequest { text: "one more note about the quorum".into(), ..Default::default() }).expect("capture");
+    drop(c);
+    assert_ok(&h.run(&["lock"]), "lock");
+    assert!(parts(&h)[0].1 != before[0].1, "a changed store's snapshot is written again");
+    h.unlock();
+    let s = h.status();
+    assert_eq!((index(&s)["from_snapshot"].clone(), index(&s)["checked"].clone()), (true.into(), 0.into()), "{s:#}");
+    assert_eq!(s["records"], 600);
 }
 
 /// Damaged, mixed, cut, foreign: never used, said so, nothing else reported,

@@ -189,7 +189,10 @@ pub(super) fn due(st: &State, at_exit: bool) -> bool {
     if writable(st).is_err() {
         return false;
     }
-    let changes = st.trail.events.len().saturating_sub(st.snap.written_at.unwrap_or(0));
+    // An unlock changes nothing the snapshot holds: its event is read from
+    // the file at the next unlock like any other newer event.
+    let since = st.snap.written_at.unwrap_or(0).min(st.trail.events.len());
+    let changes = st.trail.events[since..].iter().filter(|e| e.kind != EventKind::Unlock).count();
     if st.snap.written_at.is_none() {
         return changes > 0 || !st.index.is_empty();
     }
