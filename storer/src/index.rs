@@ -128,7 +128,7 @@ struct Doc {
 /// The records captured just before and after one in its session (or,
 /// without a session, among the records captured without one). Kept apart
 /// from [`Doc`], dense and 8 bytes, because ranking walks them for every
-/// match: at 100k records, loading them was half of a recall's time.
+/// match.
 #[derive(Clone, Copy)]
 struct Link {
     prev: u32,
