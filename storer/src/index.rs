@@ -127,33 +127,11 @@ struct Doc {
 
 /// The records captured just before and after one in its session (or,
 /// without a session, among the records captured without one). Kept apart
-/// from [`Doc`], dense and 8 bytes, because ranking walks them for every
-/// match.
-#[derive(Clone, Copy)]
+/// from [`Doc`], dense, because ranking walks them for every match.
+#[derive(Clone, Copy, Default)]
 struct Link {
-    prev: u32,
-    next: u32,
-}
-
-impl Link {
-    /// No neighbour on that side.
-    const NONE: u32 = u32::MAX;
-
-    fn new(prev: Option<u32>, next: Option<u32>) -> Link {
-        Link { prev: prev.unwrap_or(Link::NONE), next: next.unwrap_or(Link::NONE) }
-    }
-    fn prev(self) -> Option<u32> {
-        (self.prev != Link::NONE).then_some(self.prev)
-    }
-    fn next(self) -> Option<u32> {
-        (self.next != Link::NONE).then_some(self.next)
-    }
-}
-
-impl Default for Link {
-    fn default() -> Link {
-        Link::new(None, None)
-    }
+    prev: Option<u32>,
+    next: Option<u32>,
 }
 
 /// Digests of a record's sealed values as the storer verified or wrote them
@@ -451,11 +429,11 @@ impl Index {
         self.live += 1;
         let prev = self.session_tail.insert(chain(session), slot);
         if let Some(p) = prev {
-            self.links[p as usize].next = slot;
+            self.links[p as usize].next = Some(slot);
         }
         self.most_reinforced = self.most_reinforced.max(meta.reinforced);
         self.docs.push(Doc { meta, check: Check::default(), session, project, len: toks.len() as u32, alive: true });
-        self.links.push(Link::new(prev, None));
+        self.links.push(Link { prev, next: None });
         self.lens.push(toks.len() as u32);
         self.vectors.add(text);
     }
@@ -497,13 +475,12 @@ impl Index {
         let session = doc.session;
         self.total_len -= u64::from(doc.len);
         self.live -= 1;
-        let link = std::mem::take(&mut self.links[slot as usize]);
-        let (prev, next) = (link.prev(), link.next());
+        let Link { prev, next } = std::mem::take(&mut self.links[slot as usize]);
         if let Some(p) = prev {
-            self.links[p as usize].next = link.next;
+            self.links[p as usize].next = next;
         }
         if let Some(n) = next {
-            self.links[n as usize].prev = link.prev;
+            self.links[n as usize].prev = prev;
         }
         let s = chain(session);
         if self.session_tail.get(&s) == Some(&slot) {
@@ -629,8 +606,8 @@ impl Index {
                 project: d.project,
                 len: d.len,
                 alive: d.alive,
-                prev: l.prev(),
-                next: l.next(),
+                prev: l.prev,
+                next: l.next,
             })
             .collect();
         let head = ImageHead {
@@ -799,7 +776,7 @@ impl Index {
                 len: d.len,
                 alive: d.alive,
             });
-            ix.links.push(Link::new(d.prev, d.next));
+            ix.links.push(Link { prev: d.prev, next: d.next });
         }
         ix.sessions = sessions.into_iter().enumerate().map(|(i, s)| (s, i as u32)).collect();
         ix.projects = projects.into_iter().enumerate().map(|(i, s)| (s, i as u32)).collect();
@@ -933,12 +910,12 @@ impl Index {
             let s = acc[slot as usize];
             reach(slot, s);
             let l = self.links[slot as usize];
-            for (mut at, back) in [(l.prev(), true), (l.next(), false)] {
+            for (mut at, back) in [(l.prev, true), (l.next, false)] {
                 for _ in 0..NEIGHBOUR_REACH {
                     let Some(t) = at else { break };
                     reach(t, NEIGHBOUR_WEIGHT as f32 * s);
                     let n = self.links[t as usize];
-                    at = if back { n.prev() } else { n.next() };
+                    at = if back { n.prev } else { n.next };
                 }
             }
         }

@@ -191,11 +191,14 @@ pub(super) fn due(st: &State, at_exit: bool) -> bool {
     }
     // An unlock changes nothing the snapshot holds: its event is read from
     // the file at the next unlock like any other newer event.
-    let since = st.snap.written_at.unwrap_or(0).min(st.trail.events.len());
-    let changes = st.trail.events[since..].iter().filter(|e| e.kind != EventKind::Unlock).count();
-    if st.snap.written_at.is_none() {
-        return changes > 0 || !st.index.is_empty();
-    }
+    let changed = |e: &&EventMeta| e.kind != EventKind::Unlock;
+    let Some(written) = st.snap.written_at else {
+        // None current in this session: any memory is worth one (checked
+        // first: this runs under the state lock at every idle tick, and the
+        // whole trail can be long).
+        return !st.index.is_empty() || st.trail.events.iter().any(|e| changed(&e));
+    };
+    let changes = st.trail.events[written.min(st.trail.events.len())..].iter().filter(changed).count();
     if at_exit {
         // Unmeasured in this session: judged by the store's size.
         changes > 0 && st.snap.took.map_or(st.index.len() <= EXIT_WRITE_RECORDS, |t| t <= EXIT_WRITE_BUDGET)
